@@ -1,0 +1,39 @@
+# Setup is part of every target: a clean clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+DURATION ?= 60
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test train rabbitmq-start rabbitmq-stop clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[edge,hub,train,tui,dev]'
+	$(BIN)/python -c 'from scripts.rabbitmq_node import ensure_installed; ensure_installed()'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(BIN)/python -m scripts.demo --duration $(DURATION)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+train: setup
+	$(BIN)/python -m models.train
+
+rabbitmq-start: setup
+	$(BIN)/python -m scripts.rabbitmq_node start
+
+rabbitmq-stop: setup
+	$(BIN)/python -m scripts.rabbitmq_node stop
+
+clean:
+	-$(BIN)/python -m scripts.rabbitmq_node stop
+	rm -rf .run demo-summary.json

@@ -1,0 +1,1 @@
+"""Development and demo tooling: the private RabbitMQ node and the end-to-end demo."""

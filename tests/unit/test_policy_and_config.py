@@ -1,0 +1,130 @@
+"""The hub's alert policy and the services' configuration checks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.config import HubConfig
+from cloud_hub.config import load_config as load_hub_config
+from cloud_hub.policy import decide
+from edge_agent.config import load_config as load_agent_config
+from models.features import summarize_window
+from models.triage import final_acuity, scores_from_probabilities
+from protocol import Consciousness, EmergencyType, ModelInfo, TriageResult, VitalsFrame
+from protocol.settings import ConfigError
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+MODEL = ModelInfo(version="test", sha256="0" * 64)
+
+
+def frame(**values) -> VitalsFrame:
+    base = {"hr_bpm": 80, "rr_per_min": 16, "spo2_pct": 97, "sbp_mmhg": 125, "dbp_mmhg": 75,
+            "temp_c": 36.8, "consciousness": Consciousness.ALERT, "supplemental_oxygen": False}  # fmt: skip
+    return VitalsFrame(device_id="amb-1", incident_id="inc-1", timestamp=NOW, **{**base, **values})
+
+
+def scores(level: int, emergency_type: EmergencyType = EmergencyType.CARDIAC):
+    acuity = [0.02] * 5
+    acuity[level - 1] = 0.92
+    types = [0.9 if t == emergency_type else 0.02 for t in EmergencyType]
+    return scores_from_probabilities(acuity, types, MODEL)
+
+
+def result_for(window: list[VitalsFrame], edge_level: int) -> TriageResult:
+    summary = summarize_window(window)
+    edge = scores(edge_level)
+    acuity, floor_applied = final_acuity(edge, summary.news2)
+    return TriageResult(
+        device_id="amb-1", incident_id="inc-1", sequence=3, created_at=NOW, window=window,
+        scores=edge, acuity=acuity, acuity_floor_applied=floor_applied,
+        emergency_type=edge.emergency_type, news2=summary.news2, inference_ms=1.0,
+    )  # fmt: skip
+
+
+def test_routine_patient_not_alerted() -> None:
+    window = [frame()]
+    decision = decide(result_for(window, 4), summarize_window(window), scores(4), "h1")
+    assert decision.alert is None
+    assert decision.acuity == 4
+
+
+def test_urgent_edge_alerts_with_both_scores() -> None:
+    window = [frame()]
+    decision = decide(result_for(window, 2), summarize_window(window), scores(2, EmergencyType.RESPIRATORY), "h1")
+    alert = decision.alert
+    assert alert is not None
+    assert alert.alert_id == "amb-1-3"
+    assert alert.hospital_id == "h1"
+    assert alert.acuity == 2
+    assert alert.emergency_type == EmergencyType.RESPIRATORY  # the hub's opinion of the type
+    assert alert.edge.model == MODEL
+    assert alert.hub is not None
+    assert not alert.disagreement
+    assert "edge model KTAS 2" in alert.reason
+    assert "hub model KTAS 2" in alert.reason
+
+
+def test_disagreement_flagged_and_most_urgent_wins() -> None:
+    window = [frame()]
+    decision = decide(result_for(window, 4), summarize_window(window), scores(1), "h1")
+    assert decision.alert is not None
+    assert decision.alert.acuity == 1
+    assert decision.alert.disagreement
+
+
+def test_news2_floor_alerts_even_when_models_say_routine() -> None:
+    window = [frame(consciousness=Consciousness.PAIN, rr_per_min=28, spo2_pct=90)]
+    decision = decide(result_for(window, 5), summarize_window(window), scores(5), "h1")
+    assert decision.alert is not None
+    assert decision.alert.acuity == 2
+    assert "NEWS2" in decision.alert.reason
+    assert "red: " in decision.alert.reason
+
+
+def test_alert_without_hub_model_uses_edge_scores() -> None:
+    window = [frame()]
+    decision = decide(result_for(window, 1), summarize_window(window), None, "h1")
+    assert decision.alert is not None
+    assert decision.alert.hub is None
+    assert decision.hub_acuity is None
+
+
+def test_hub_config_rejects_unknown_default_hospital() -> None:
+    with pytest.raises(ConfigError, match="default_hospital_id 'nowhere' is not among hospitals"):
+        load_hub_config(None, {"hospitals": ["h1"], "default_hospital_id": "nowhere"})
+
+
+def test_hub_config_defaults_to_first_hospital() -> None:
+    config = HubConfig.model_validate({"hospitals": ["h1", "h2"]})
+    assert config.default_hospital_id == "h1"
+
+
+def test_config_file_errors_name_setting_and_value(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "amb/1"\noutbox_path = "x.sqlite"\n[mqtt]\nport = 70000\nkeepalive = 3\n')
+    with pytest.raises(ConfigError) as error:
+        load_agent_config(path)
+    message = str(error.value)
+    assert "device_id" in message
+    assert "'amb/1'" in message
+    assert "mqtt.port" in message
+    assert "70000" in message
+    assert "mqtt.keepalive" in message  # unknown key, not silently ignored
+
+
+def test_invalid_toml_reported(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text("store_url = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_hub_config(path)
+
+
+def test_cli_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "amb-1"\noutbox_path = "x.sqlite"\n[mqtt]\nport = 1883\n')
+    config = load_agent_config(path, {"mqtt": {"port": 1999, "host": None}})
+    assert config.mqtt.port == 1999
+    assert config.mqtt.host == "127.0.0.1"
