@@ -14,29 +14,19 @@ stamps each frame with the wall-clock time at which it plays it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
+from models.data_paths import DATA_DIR_ENV, KTAS_FILE, PHYSIONET_DIR, default_data_dir
 from models.ktas import KtasVisit, load_ktas
 from models.physionet import IcuStay, load_stay, stay_files
 
 log = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "AMBULANCE_DATA_DIR"
-KTAS_FILE = Path("ktas") / "triage-moon-2019.csv"
-PHYSIONET_DIR = Path("physionet-2012") / "set-a"
-
-
-def default_data_dir() -> Path:
-    """Return $AMBULANCE_DATA_DIR, else the `shared/data` folder beside the project checkout."""
-    configured = os.environ.get(DATA_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+__all__ = ["ScheduledFrame", "default_data_dir", "ktas_frames", "open_source", "physionet_frames"]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from models.bundle import (  # noqa: E402
     load_bundle,
     sha256_file,
 )
+from models.data_paths import KTAS_FILE, default_data_dir  # noqa: E402
 from models.dataset import build_ktas_matrix, stratified_split  # noqa: E402
 from models.features import FEATURE_NAMES, FEATURE_SPEC  # noqa: E402
 from models.ktas import load_ktas  # noqa: E402
@@ -49,7 +50,7 @@ from protocol import ACUITY_LEVELS, EMERGENCY_TYPES  # noqa: E402
 
 log = logging.getLogger("models.train")
 
-DEFAULT_KTAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ktas" / "triage-moon-2019.csv"
+DEFAULT_KTAS = default_data_dir() / KTAS_FILE
 SEED = 20190917
 TEST_FRACTION = 0.2
 EPOCHS = 20  # 15-20 epochs generalised best on this data; 60 overfit

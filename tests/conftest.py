@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from models.data_paths import KTAS_FILE, default_data_dir
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("AMBULANCE_DATA_DIR", PROJECT_DIR.parent / "shared" / "data"))
-KTAS_CSV = DATA_DIR / "ktas" / "triage-moon-2019.csv"
-PHYSIONET_DIR = DATA_DIR / "physionet-2012" / "set-a"
+DATA_DIR = default_data_dir()
+KTAS_CSV = DATA_DIR / KTAS_FILE
 
 
 @pytest.fixture(scope="session")

@@ -84,13 +84,12 @@ def test_corrupt_model_falls_back_to_news2(bundle_copy: Path, caplog) -> None:
     assert assessment.acuity == 2  # the NEWS2 floor for a score >= 7
 
 
-def test_edge_and_hub_models_agree() -> None:
+def test_edge_and_hub_models_agree(data_dir: Path) -> None:
     from cloud_hub.scoring import HubScorer
 
     from models.dataset import build_ktas_matrix
     from models.ktas import load_ktas
 
-    data_dir = PROJECT_DIR.parent / "shared" / "data"
     visits = load_ktas(data_dir / "ktas" / "triage-moon-2019.csv").visits[:200]
     hub = HubScorer()
     edge = EdgeScorer()
