@@ -48,6 +48,7 @@ class MqttUplink:
         self.events = events
         self.connected = False
         self._stopping = False
+        self._failed_attempts = 0
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -66,6 +67,7 @@ class MqttUplink:
             status_topic(settings.client_id), json.dumps({"state": "offline"}), qos=1, retain=False
         )
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._client = client
@@ -103,9 +105,18 @@ class MqttUplink:
             log.error("MQTT broker refused the connection: %s", reason)
             return
         self.connected = True
+        self._failed_attempts = 0
         log.info("connected to MQTT broker (session present: %s)", flags.session_present)
         client.publish(status_topic(self.settings.client_id), json.dumps({"state": "online"}), qos=1)
         self.events.put(UplinkEvent("connected"))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._failed_attempts += 1
+        # paho doubles its delay after each failure, so a line per failure stays readable.
+        log.warning(
+            "MQTT broker %s:%d unreachable (attempt %d); results stay in the outbox, retrying",
+            self.settings.host, self.settings.port, self._failed_attempts,
+        )  # fmt: skip
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any

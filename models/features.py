@@ -1,10 +1,13 @@
 """Feature extraction shared by training, the edge agent and the hub (numpy only).
 
 A window is the recent frames of one incident, oldest first. Each vital sign's newest recorded value
-is carried forward, so a frame that only updates the heart rate keeps the last blood pressure. Values
-are scaled to roughly [-5, 5] here, not inside the model, because an int8 model quantizes its whole
-input tensor with one scale: a raw systolic pressure of 200 next to a 0/1 flag would leave the flag
-almost no resolution. Missing values are imputed with the centre of the scale and flagged.
+is carried forward, so a frame that only updates the heart rate keeps the last blood pressure.
+
+Every feature lies in [-1, 1], scaled here rather than inside the model, because an int8 model
+quantizes its whole input tensor with one scale: a raw systolic pressure of 200 next to a 0/1 flag
+would leave the flag almost no resolution. A vital is centred, divided by its typical spread, clipped
+to 5 spreads and divided by 5, so one int8 step is about 1/min of heart rate. Missing values are
+imputed with the centre of the scale and flagged.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from models.complaints import GROUP_NAMES, complaint_groups
 from models.scores import NEWS2_PARAMETERS, consciousness_of, news2, qsofa, shock_index
 from protocol import Consciousness, News2Score, PatientContext, VitalsFrame
 
-FEATURE_SPEC = "triage-snapshot-v1"
+FEATURE_SPEC = "triage-snapshot-v2"
 
 # Vital sign -> (centre, scale): roughly the adult normal value and a typical spread.
 VITAL_SCALES: dict[str, tuple[float, float]] = {
@@ -29,7 +32,7 @@ VITAL_SCALES: dict[str, tuple[float, float]] = {
     "dbp_mmhg": (75.0, 15.0),
     "temp_c": (36.8, 0.8),
 }
-SCALED_LIMIT = 5.0
+SCALED_LIMIT = 5.0  # spreads from the centre at which a scaled value is clipped
 
 _CONSCIOUSNESS_LEVEL = {
     Consciousness.ALERT: 0.0,
@@ -93,7 +96,7 @@ def summarize_window(window: Sequence[VitalsFrame]) -> WindowSummary:
 
 
 def _scaled(value: float, centre: float, scale: float) -> float:
-    return float(np.clip((value - centre) / scale, -SCALED_LIMIT, SCALED_LIMIT))
+    return float(np.clip((value - centre) / scale, -SCALED_LIMIT, SCALED_LIMIT)) / SCALED_LIMIT
 
 
 def extract_features(window: Sequence[VitalsFrame]) -> np.ndarray:

@@ -112,7 +112,7 @@ class RabbitNode:
     def is_running(self) -> bool:
         return self._pid() is not None and _port_open(self.amqp_port) and _port_open(self.mqtt_port)
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         """Start the node unless it already runs; return once AMQP and MQTT accept connections."""
         if self.is_running():
             log.info("node %s already running (AMQP %d, MQTT %d)", self.node_name, self.amqp_port, self.mqtt_port)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mqtt-port", type=int, default=1893)
     parser.add_argument("--dist-port", type=int, default=25682, help="Erlang distribution port")
     parser.add_argument("--data-dir", type=Path, help="default: .run/rabbitmq/NAME in the project")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for start or stop")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for start or stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = RabbitNode(args.name, args.amqp_port, args.mqtt_port, args.dist_port, args.data_dir or Path())

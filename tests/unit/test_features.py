@@ -41,10 +41,10 @@ def test_missing_values_flagged_and_centred() -> None:
 
 def test_values_scaled_and_clipped() -> None:
     vector = extract_features([frame(hr_bpm=105, spo2_pct=20)])
-    assert feature(vector, "hr_bpm") == pytest.approx(1.0)  # (105 - 80) / 25
+    assert feature(vector, "hr_bpm") == pytest.approx(0.2)  # (105 - 80) / 25 / 5
     assert feature(vector, "hr_bpm_missing") == 0.0
-    assert feature(vector, "spo2_pct") == -5.0  # (20 - 96) / 4 clipped
-    assert np.all(np.abs(vector) <= 5.0)
+    assert feature(vector, "spo2_pct") == -1.0  # (20 - 96) / 4 clipped to -5, then / 5
+    assert np.all(np.abs(vector) <= 1.0)
 
 
 def test_window_carries_last_values_forward() -> None:
@@ -62,7 +62,7 @@ def test_window_carries_last_values_forward() -> None:
     assert summary.news2.subscores["pulse"] == 2
     assert summary.news2.subscores["respiration_rate"] == 3
     vector = extract_features(window)
-    assert feature(vector, "age") == pytest.approx(1.0)  # (70 - 50) / 20
+    assert feature(vector, "age") == pytest.approx(0.2)  # (70 - 50) / 20 / 5
 
 
 def test_clinical_scores_in_features() -> None:
@@ -70,7 +70,7 @@ def test_clinical_scores_in_features() -> None:
     assert feature(vector, "news2_red_parameter") == 1.0
     assert feature(vector, "news2_consciousness") == 1.0
     assert feature(vector, "consciousness_level") == 0.75
-    assert feature(vector, "shock_index") == pytest.approx((1.5 - 0.65) / 0.3)
+    assert feature(vector, "shock_index") == pytest.approx((1.5 - 0.65) / 0.3 / 5)
 
 
 def test_complaint_groups_in_features() -> None:

@@ -1,0 +1,1 @@
+"""Hub service: AMQP consumer, Keras re-scoring, alert policy, storage and hospital delivery."""

@@ -1,0 +1,96 @@
+"""`cloud-hub`: run the hub, or check its configuration.
+
+    cloud-hub run --amqp-port 5672 --store-url sqlite:///hub.sqlite --hospital general-hospital
+    cloud-hub check-config hub.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.config import ConfigError, HubConfig, load_config
+
+log = logging.getLogger("cloud_hub")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="consume triage results and send hospital alerts")
+    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.add_argument("--amqp-host", help="AMQP broker host")
+    run.add_argument("--amqp-port", type=int, help="AMQP broker port")
+    run.add_argument("--amqp-username", help="AMQP user")
+    run.add_argument("--store-url", help="SQLAlchemy URL of the store")
+    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder")
+    run.add_argument("--hospital", dest="hospitals", action="append", help="hospital id to serve (repeat)")
+    run.add_argument("--default-hospital", dest="default_hospital_id", help="hospital for results without one")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", type=Path)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "amqp": {"host": args.amqp_host, "port": args.amqp_port, "username": args.amqp_username},
+        "store_url": args.store_url,
+        "bundle_dir": args.bundle_dir,
+        "hospitals": args.hospitals,
+        "default_hospital_id": args.default_hospital_id,
+    }
+
+
+def run(config: HubConfig) -> int:
+    from cloud_hub.scoring import HubScorer
+    from cloud_hub.service import HubService
+    from cloud_hub.store import HubStore
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, finishing the current delivery and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    store = HubStore(config.store_url)
+    scorer = HubScorer(config.bundle_dir)
+    service = HubService(config, store, scorer)
+    try:
+        service.run(stop)
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config)
+            print(f"{args.config}: valid hub configuration, hospitals {', '.join(config.hospitals)}")
+            return 0
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`edge-agent`: run an ambulance's edge agent, or check its configuration.
+
+    edge-agent run --device-id amb-01 --mqtt-port 1883 --outbox /var/lib/edge/outbox.sqlite
+    edge-agent check-config agent.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import EdgeAgent
+from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.inference import EdgeScorer
+from edge_agent.outbox import Outbox
+from edge_agent.replay import default_data_dir, open_source
+from edge_agent.uplink import MqttSettings, MqttUplink, UplinkEvent
+
+log = logging.getLogger("edge_agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="score replayed patients and forward the results")
+    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.add_argument("--device-id", help="ambulance id")
+    run.add_argument("--hospital", dest="destination_hospital_id", help="default destination hospital id")
+    run.add_argument("--outbox", dest="outbox_path", type=Path, help="SQLite outbox file")
+    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder")
+    run.add_argument("--mqtt-host", help="MQTT broker host")
+    run.add_argument("--mqtt-port", type=int, help="MQTT broker port")
+    run.add_argument("--mqtt-username", help="MQTT user name")
+    run.add_argument("--replay", dest="replay_source", choices=["ktas", "physionet"], help="replay source")
+    run.add_argument("--replay-start", type=int, help="first visit or stay to play (index)")
+    run.add_argument("--replay-interval", type=float, help="seconds between KTAS patients")
+    run.add_argument("--replay-speed", type=float, help="PhysioNet time compression factor")
+    run.add_argument("--data-dir", type=Path, help="folder holding ktas/ and physionet-2012/")
+    run.add_argument("--duration", type=float, help="seconds to replay before stopping (default: until signalled)")
+    run.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to keep delivering after the replay stops"
+    )
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", type=Path)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "device_id": args.device_id,
+        "destination_hospital_id": args.destination_hospital_id,
+        "outbox_path": args.outbox_path,
+        "bundle_dir": args.bundle_dir,
+        "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port, "username": args.mqtt_username},
+        "replay": {
+            "source": args.replay_source,
+            "start": args.replay_start,
+            "interval_s": args.replay_interval,
+            "speed": args.replay_speed,
+            "data_dir": args.data_dir,
+        },
+    }
+
+
+def run(config: AgentConfig, duration_s: float | None, drain_timeout_s: float) -> int:
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    replay = config.replay
+    try:
+        frames = open_source(
+            replay.source,
+            replay.data_dir or default_data_dir(),
+            start=replay.start,
+            interval_s=replay.interval_s,
+            speed=replay.speed,
+            stays=replay.stays,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"replay source {replay.source!r} cannot be opened: {exc}") from exc
+    scorer = EdgeScorer(config.bundle_dir)
+    outbox = Outbox(config.outbox_path)
+    events: queue.Queue[UplinkEvent] = queue.Queue()
+    mqtt = config.mqtt
+    uplink = MqttUplink(
+        MqttSettings(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=config.device_id,
+            username=mqtt.username,
+            password=mqtt.password(),
+            keepalive_s=mqtt.keepalive_s,
+            reconnect_min_s=mqtt.reconnect_min_s,
+            reconnect_max_s=mqtt.reconnect_max_s,
+            max_inflight=mqtt.max_inflight,
+        ),
+        events,
+    )
+    agent = EdgeAgent(
+        config.device_id,
+        scorer,
+        outbox,
+        uplink,
+        events,
+        destination_hospital_id=config.destination_hospital_id,
+        window_s=config.window_s,
+        window_max_frames=config.window_max_frames,
+    )
+    stats = outbox.stats()
+    log.info(
+        "edge agent %s starting: outbox %s holds %d pending results, next sequence %d",
+        config.device_id, config.outbox_path, stats.pending, stats.next_sequence,
+    )  # fmt: skip
+    try:
+        agent.run(frames, stop, duration_s=duration_s, drain_timeout_s=drain_timeout_s)
+    finally:
+        outbox.close()
+    log.info("edge agent %s stopped", config.device_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "check-config":
+            config = load_config(args.config)
+            print(f"{args.config}: valid configuration for device {config.device_id}")
+            return 0
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return run(config, args.duration, args.drain_timeout)
+    except ConfigError as exc:
+        log.error("edge agent cannot start: %s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Edge agent configuration: a TOML file and command-line overrides, validated before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from protocol.messages import Identifier
+from protocol.settings import ConfigError, StrictSettings, load_settings, read_secret
+
+PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
+
+
+class MqttConfig(StrictSettings):
+    host: str = Field(default="127.0.0.1", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="MQTT port")
+    username: str | None = Field(default=None, description="MQTT user; none connects anonymously")
+    password_file: Path | None = Field(
+        default=None, description=f"file holding the MQTT password; else ${PASSWORD_ENV}"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=600, description="MQTT keepalive in seconds")
+    reconnect_min_s: float = Field(default=1.0, ge=0.1, le=60, description="first reconnect delay")
+    reconnect_max_s: float = Field(default=30.0, ge=1, le=600, description="longest reconnect delay")
+    max_inflight: int = Field(default=100, ge=1, le=1000, description="unacknowledged messages at most")
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s {self.reconnect_max_s} is below reconnect_min_s {self.reconnect_min_s}"
+            )
+        return self
+
+    def password(self) -> str | None:
+        return read_secret(self.password_file, PASSWORD_ENV, "mqtt.password_file")
+
+
+class ReplayConfig(StrictSettings):
+    source: Literal["ktas", "physionet"] = Field(default="ktas", description="recorded patients to play")
+    data_dir: Path | None = Field(default=None, description="folder holding ktas/ and physionet-2012/")
+    start: int = Field(default=0, ge=0, description="index of the first visit or stay to play")
+    interval_s: float = Field(default=2.0, gt=0, le=3600, description="seconds between KTAS patients")
+    speed: float = Field(default=60.0, gt=0, le=1e6, description="PhysioNet time compression factor")
+    stays: int = Field(default=3, ge=1, le=5000, description="PhysioNet stays to play")
+
+
+class AgentConfig(StrictSettings):
+    device_id: Identifier = Field(description="ambulance id, one MQTT topic level")
+    destination_hospital_id: Identifier | None = Field(
+        default=None, description="hospital to alert when the crew has not chosen one"
+    )
+    outbox_path: Path = Field(description="SQLite outbox file")
+    bundle_dir: Path | None = Field(default=None, description="model bundle folder; default bundle if unset")
+    window_s: float = Field(default=600.0, ge=1, le=86400, description="sliding window length in seconds")
+    window_max_frames: int = Field(default=60, ge=1, le=600, description="frames per window at most")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Read a TOML file (if any), apply overrides (None values are ignored) and validate."""
+    return load_settings(AgentConfig, path, overrides)
+
+
+__all__ = ["AgentConfig", "ConfigError", "MqttConfig", "ReplayConfig", "load_config"]

@@ -1,0 +1,1 @@
+"""Fleet administration: model bundles, signing, rollout and rollback (not built yet)."""

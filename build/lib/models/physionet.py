@@ -1,0 +1,162 @@
+"""Loader for PhysioNet/CinC Challenge 2012 ICU stays (`set-a` folder and `Outcomes-a.txt`).
+
+Source: Silva I, Moody G, Scott DJ, Celi LA, Mark RG. Predicting In-Hospital Mortality of ICU Patients:
+The PhysioNet/Computing in Cardiology Challenge 2012. Comput Cardiol 2012;39:245-248. PhysioNet project
+challenge-2012 1.0.0, Open Data Commons Attribution 1.0.
+
+Each stay file is long format `Time,Parameter,Value` with Time as hh:mm since ICU admission. The
+descriptors (RecordID, Age, Gender, Height, ICUType, Weight) come at 00:00; -1 means missing. Some
+stays hold descriptors only.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol import PatientContext
+
+log = logging.getLogger(__name__)
+
+DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
+
+# Frame field <- PhysioNet parameters, first one present wins. Invasive pressures come before the
+# non-invasive cuff; SaO2 is arterial oxygen saturation from blood gases, the nearest to SpO2 recorded.
+FRAME_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "hr_bpm": ("HR",),
+    "rr_per_min": ("RespRate",),
+    "sbp_mmhg": ("SysABP", "NISysABP"),
+    "dbp_mmhg": ("DiasABP", "NIDiasABP"),
+    "temp_c": ("Temp",),
+    "spo2_pct": ("SaO2",),
+    "gcs": ("GCS",),
+}
+# FiO2 is a fraction; above room air (0.21) the patient receives supplemental oxygen.
+ROOM_AIR_FIO2 = 0.21
+
+
+class PhysioNetFormatError(ValueError):
+    """A file that is not in the challenge's `Time,Parameter,Value` format."""
+
+
+@dataclass
+class IcuStay:
+    record_id: int
+    age_years: float | None
+    gender: int | None  # 0 female, 1 male
+    icu_type: int | None
+    # parameter -> [(minutes since admission, value)], in time order
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def context(self) -> PatientContext:
+        sex = None if self.gender is None else ("male" if self.gender == 1 else "female")
+        age = None if self.age_years is None else int(min(self.age_years, 120))
+        return PatientContext(age_years=age, sex=sex)
+
+    def measurement_times(self) -> list[int]:
+        """Minutes since admission at which any frame parameter or FiO2 was measured."""
+        wanted = {name for names in FRAME_PARAMETERS.values() for name in names} | {"FiO2"}
+        times = {minute for name in wanted for minute, _ in self.series.get(name, [])}
+        return sorted(times)
+
+    def values_at(self, minute: int) -> dict[str, float | int | bool]:
+        """Return the frame fields measured exactly at `minute` (carry-forward is the window's job)."""
+        values: dict[str, float | int | bool] = {}
+        for frame_field, names in FRAME_PARAMETERS.items():
+            for name in names:
+                found = [value for at, value in self.series.get(name, []) if at == minute]
+                if found:
+                    values[frame_field] = int(found[-1]) if frame_field == "gcs" else found[-1]
+                    break
+        fio2 = [value for at, value in self.series.get("FiO2", []) if at == minute]
+        if fio2:
+            values["supplemental_oxygen"] = fio2[-1] > ROOM_AIR_FIO2
+        return values
+
+
+@dataclass(frozen=True)
+class Outcome:
+    record_id: int
+    saps_i: float | None
+    sofa: float | None
+    in_hospital_death: int
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def load_stay(path: str | Path) -> IcuStay:
+    """Parse one stay file; -1 values and unreadable lines are skipped with a debug log."""
+    path = Path(path)
+    descriptors: dict[str, float] = {}
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != ["Time", "Parameter", "Value"]:
+            raise PhysioNetFormatError(f"{path}: header {header} is not Time,Parameter,Value")
+        for line_number, row in enumerate(reader, start=2):
+            if len(row) != 3:
+                log.debug("%s:%d: skipped malformed line %r", path, line_number, row)
+                continue
+            time_text, parameter, value_text = row
+            try:
+                minute = _minutes(time_text)
+                value = float(value_text)
+            except ValueError:
+                log.debug("%s:%d: skipped unreadable line %r", path, line_number, row)
+                continue
+            if minute == 0 and parameter in DESCRIPTORS:
+                descriptors[parameter] = value
+            elif value != -1:
+                series[parameter].append((minute, value))
+    if "RecordID" not in descriptors:
+        raise PhysioNetFormatError(f"{path}: no RecordID descriptor at 00:00")
+
+    def descriptor(name: str) -> float | None:
+        value = descriptors.get(name, -1)
+        return None if value == -1 else value
+
+    gender = descriptor("Gender")
+    icu_type = descriptor("ICUType")
+    for values in series.values():
+        values.sort(key=lambda pair: pair[0])
+    return IcuStay(
+        record_id=int(descriptors["RecordID"]),
+        age_years=descriptor("Age"),
+        gender=None if gender is None else int(gender),
+        icu_type=None if icu_type is None else int(icu_type),
+        series=dict(series),
+    )
+
+
+def stay_files(folder: str | Path) -> list[Path]:
+    """Return the stay files of a `set-a`-style folder, sorted by name."""
+    files = sorted(Path(folder).glob("*.txt"))
+    return [path for path in files if path.stem.isdigit()]
+
+
+def load_outcomes(path: str | Path) -> dict[int, Outcome]:
+    """Parse `Outcomes-a.txt` into RecordID -> Outcome; -1 scores become None."""
+    outcomes: dict[int, Outcome] = {}
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                record_id = int(row["RecordID"])
+                saps = float(row["SAPS-I"])
+                sofa = float(row["SOFA"])
+                death = int(row["In-hospital_death"])
+            except (KeyError, ValueError) as exc:
+                raise PhysioNetFormatError(f"{path}: unreadable outcome row {row}: {exc}") from exc
+            outcomes[record_id] = Outcome(
+                record_id=record_id,
+                saps_i=None if saps == -1 else saps,
+                sofa=None if sofa == -1 else sofa,
+                in_hospital_death=death,
+            )
+    return outcomes

@@ -1,0 +1,247 @@
+"""Message contracts between ambulances, the hub and hospitals.
+
+Every message is JSON. Parsing goes through `parse_message`, which raises `ContractError` naming each
+invalid field and the value it held, so a rejected message can be dead-lettered with a readable reason.
+Plausibility bounds on vital signs reject values that no living patient or working monitor produces
+(a heart rate of 400/min, a diastolic pressure above the systolic one); they are not clinical alarms.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from protocol.topics import ID_PATTERN
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+ACUITY_LEVELS = (1, 2, 3, 4, 5)
+# KTAS levels 1 (resuscitation) and 2 (emergency) are the ones a hospital must be warned about.
+URGENT_ACUITY_MAX = 2
+
+
+class ContractError(ValueError):
+    """A message that does not match its contract; the text names each invalid field and value."""
+
+
+class Consciousness(StrEnum):
+    """ACVPU level as NEWS2 uses it: Alert, new Confusion, responds to Voice, to Pain, Unresponsive."""
+
+    ALERT = "A"
+    CONFUSED = "C"
+    VOICE = "V"
+    PAIN = "P"
+    UNRESPONSIVE = "U"
+
+
+class EmergencyType(StrEnum):
+    CARDIAC = "cardiac"
+    RESPIRATORY = "respiratory"
+    NEUROLOGICAL = "neurological"
+    TRAUMA = "trauma"
+    SEPSIS = "sepsis"
+    OTHER = "other"
+
+
+EMERGENCY_TYPES: tuple[EmergencyType, ...] = tuple(EmergencyType)
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PatientContext(_Contract):
+    """What the crew knows about the patient besides the monitor's numbers."""
+
+    age_years: int | None = Field(default=None, ge=0, le=120)
+    sex: Literal["female", "male"] | None = None
+    chief_complaint: str | None = Field(default=None, max_length=200)
+    injury: bool | None = None
+    pain_nrs: int | None = Field(default=None, ge=0, le=10, description="numeric rating scale 0-10")
+
+
+class VitalsFrame(_Contract):
+    """One set of vital signs for one patient at one moment."""
+
+    device_id: Identifier
+    incident_id: Identifier
+    timestamp: AwareDatetime
+    hr_bpm: float | None = Field(default=None, ge=0, le=300)
+    rr_per_min: float | None = Field(default=None, ge=0, le=80)
+    spo2_pct: float | None = Field(default=None, ge=0, le=100)
+    sbp_mmhg: float | None = Field(default=None, ge=0, le=300)
+    dbp_mmhg: float | None = Field(default=None, ge=0, le=250)
+    temp_c: float | None = Field(default=None, ge=25, le=45)
+    consciousness: Consciousness | None = None
+    gcs: int | None = Field(default=None, ge=3, le=15)
+    supplemental_oxygen: bool | None = None
+    context: PatientContext | None = None
+    destination_hospital_id: Identifier | None = None
+    source: str | None = Field(
+        default=None, max_length=120, description="provenance of replayed data, e.g. 'ktas row 17'"
+    )
+
+    @field_validator("hr_bpm", "rr_per_min", "spo2_pct", "sbp_mmhg", "dbp_mmhg", "temp_c")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _diastolic_below_systolic(self) -> VitalsFrame:
+        if self.sbp_mmhg is not None and self.dbp_mmhg is not None and self.dbp_mmhg > self.sbp_mmhg:
+            raise ValueError(
+                f"dbp_mmhg {self.dbp_mmhg} is above sbp_mmhg {self.sbp_mmhg}; check the cuff reading"
+            )
+        return self
+
+
+class News2Score(_Contract):
+    """National Early Warning Score 2 with the parameters behind it."""
+
+    total: int = Field(ge=0, le=20)
+    subscores: dict[str, int]
+    red_parameters: list[str] = Field(description="parameters that scored 3 on their own")
+    missing: list[str] = Field(description="parameters absent from the frame; they scored 0")
+
+
+class ModelInfo(_Contract):
+    version: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Scores(_Contract):
+    """One model's opinion: probabilities per KTAS level (index 0 is level 1) and per emergency type."""
+
+    acuity_probabilities: list[float] = Field(min_length=5, max_length=5)
+    emergency_type_probabilities: dict[EmergencyType, float]
+    model: ModelInfo | None = Field(description="None when no model was usable and NEWS2 alone scored")
+
+    @field_validator("acuity_probabilities")
+    @classmethod
+    def _probabilities(cls, values: list[float]) -> list[float]:
+        _check_distribution(values)
+        return values
+
+    @field_validator("emergency_type_probabilities")
+    @classmethod
+    def _type_probabilities(cls, values: dict[EmergencyType, float]) -> dict[EmergencyType, float]:
+        _check_distribution(list(values.values()))
+        return values
+
+    @property
+    def model_acuity(self) -> int:
+        return 1 + max(range(5), key=lambda i: self.acuity_probabilities[i])
+
+    @property
+    def emergency_type(self) -> EmergencyType:
+        return max(self.emergency_type_probabilities, key=self.emergency_type_probabilities.__getitem__)
+
+
+def _check_distribution(values: list[float]) -> None:
+    if any(not math.isfinite(v) or v < 0 or v > 1 for v in values):
+        raise ValueError(f"probabilities must lie in [0, 1], got {values}")
+    # int8 models quantize each probability to 1/256, so their sum drifts by a few hundredths.
+    if values and abs(sum(values) - 1) > 0.05:
+        raise ValueError(f"probabilities must sum to 1, got {sum(values):.3f}")
+
+
+class TriageResult(_Contract):
+    """The edge agent's assessment of one patient, computed from a window of vitals frames."""
+
+    kind: Literal["triage_result"] = "triage_result"
+    device_id: Identifier
+    incident_id: Identifier
+    sequence: int = Field(ge=0, description="per-device, increases by one per result, survives restarts")
+    created_at: AwareDatetime
+    window: list[VitalsFrame] = Field(min_length=1, max_length=600)
+    scores: Scores
+    acuity: int = Field(ge=1, le=5, description="final KTAS level after the NEWS2 safety floor")
+    acuity_floor_applied: bool = Field(description="True when NEWS2 made the level more urgent")
+    emergency_type: EmergencyType
+    news2: News2Score
+    qsofa: int | None = Field(default=None, ge=0, le=3)
+    shock_index: float | None = Field(default=None, ge=0)
+    inference_ms: float = Field(ge=0)
+    destination_hospital_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _window_matches(self) -> TriageResult:
+        for frame in self.window:
+            if frame.device_id != self.device_id or frame.incident_id != self.incident_id:
+                raise ValueError(
+                    f"window frame for {frame.device_id}/{frame.incident_id} does not belong to "
+                    f"{self.device_id}/{self.incident_id}"
+                )
+        timestamps = [frame.timestamp for frame in self.window]
+        if timestamps != sorted(timestamps):
+            raise ValueError("window frames must be in time order")
+        return self
+
+    @property
+    def frame_timestamp(self) -> datetime:
+        """Time of the newest vitals frame, the start of the alert's end-to-end latency."""
+        return self.window[-1].timestamp
+
+    @property
+    def is_urgent(self) -> bool:
+        return self.acuity <= URGENT_ACUITY_MAX
+
+
+class HospitalAlert(_Contract):
+    """A pre-alert to one hospital about one incoming patient, with the scores behind it."""
+
+    kind: Literal["hospital_alert"] = "hospital_alert"
+    alert_id: str = Field(min_length=1, max_length=160)
+    hospital_id: Identifier
+    device_id: Identifier
+    incident_id: Identifier
+    sequence: int = Field(ge=0)
+    created_at: AwareDatetime
+    frame_timestamp: AwareDatetime
+    acuity: int = Field(ge=1, le=5)
+    emergency_type: EmergencyType
+    reason: str = Field(max_length=300)
+    edge: Scores
+    hub: Scores | None
+    disagreement: bool = Field(description="edge and hub differ on whether the patient is urgent")
+    news2: News2Score
+    qsofa: int | None = Field(default=None, ge=0, le=3)
+    shock_index: float | None = Field(default=None, ge=0)
+    vitals: VitalsFrame
+
+
+Message = TypeVar("Message", bound=BaseModel)
+
+
+def parse_message(model: type[Message], payload: bytes | str) -> Message:
+    """Parse a JSON payload into `model`, raising ContractError that names each invalid field."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise ContractError(describe_validation_error(model.__name__, exc)) from exc
+
+
+def describe_validation_error(name: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(message)"
+        value = repr(error.get("input"))
+        if len(value) > 80:
+            value = value[:77] + "..."
+        problems.append(f"{location}: {error['msg']} (got {value})")
+    return f"invalid {name}: " + "; ".join(problems)

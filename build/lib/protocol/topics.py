@@ -1,0 +1,66 @@
+"""MQTT topics, AMQP exchanges, queues and routing keys shared by every component.
+
+RabbitMQ's MQTT plugin publishes MQTT messages to the `amq.topic` exchange and turns the topic's
+`/` separators into `.`, so `ambulance/amb-01/triage` arrives with routing key `ambulance.amb-01.triage`.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Device and hospital ids become one level of an MQTT topic and one word of an AMQP routing key, so
+# they must not contain `/`, `.`, `+`, `#` or spaces.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+MQTT_EXCHANGE = "amq.topic"
+
+TRIAGE_BINDING_KEY = "ambulance.*.triage"
+HUB_TRIAGE_QUEUE = "hub.triage"
+
+DEAD_LETTER_EXCHANGE = "hub.dead-letter"
+DEAD_LETTER_QUEUE = "hub.triage.dead-letter"
+# Headers the hub sets on a message it dead-letters itself.
+REJECTION_REASON_HEADER = "x-rejection-reason"
+ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
+
+HOSPITAL_EXCHANGE = "hospital.alerts"
+
+
+def check_id(value: str, what: str) -> str:
+    """Return `value` if it is usable as a topic level and routing-key word, else raise ValueError."""
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1 to 64 letters, digits, '-' or '_', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def triage_topic(device_id: str) -> str:
+    return f"ambulance/{check_id(device_id, 'device id')}/triage"
+
+
+def status_topic(device_id: str) -> str:
+    return f"ambulance/{check_id(device_id, 'device id')}/status"
+
+
+def mqtt_topic_to_routing_key(topic: str) -> str:
+    """Return the AMQP routing key RabbitMQ's MQTT plugin uses for an MQTT topic."""
+    return topic.replace("/", ".")
+
+
+def device_id_from_routing_key(routing_key: str) -> str | None:
+    """Return the device id of an `ambulance.<device>.triage` routing key, or None for any other key."""
+    parts = routing_key.split(".")
+    if len(parts) == 3 and parts[0] == "ambulance" and parts[2] == "triage":
+        return parts[1]
+    return None
+
+
+def hospital_routing_key(hospital_id: str) -> str:
+    return f"hospital.{check_id(hospital_id, 'hospital id')}.alert"
+
+
+def hospital_queue(hospital_id: str) -> str:
+    return f"hospital.{check_id(hospital_id, 'hospital id')}.alerts"
