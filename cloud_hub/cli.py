@@ -20,18 +20,22 @@ log = logging.getLogger("cloud_hub")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0].replace("`", ""))
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="consume triage results and send hospital alerts")
     run.add_argument("--config", type=Path, help="TOML configuration file")
-    run.add_argument("--amqp-host", help="AMQP broker host")
-    run.add_argument("--amqp-port", type=int, help="AMQP broker port")
-    run.add_argument("--amqp-username", help="AMQP user")
-    run.add_argument("--store-url", help="SQLAlchemy URL of the store")
-    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder")
-    run.add_argument("--hospital", dest="hospitals", action="append", help="hospital id to serve (repeat)")
-    run.add_argument("--default-hospital", dest="default_hospital_id", help="hospital for results without one")
+    run.add_argument("--amqp-host", help="AMQP broker host ([amqp] host)")
+    run.add_argument("--amqp-port", type=int, help="AMQP broker port ([amqp] port)")
+    run.add_argument("--amqp-username", help="AMQP user ([amqp] username)")
+    run.add_argument("--store-url", help="SQLAlchemy URL of the store (store_url)")
+    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder (bundle_dir)")
+    run.add_argument(
+        "--hospital", dest="hospitals", action="append", help="hospital id to serve, repeatable (hospitals)"
+    )
+    run.add_argument(
+        "--default-hospital", dest="default_hospital_id", help="hospital for results without one (default_hospital_id)"
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt at ERROR with a traceback; the services log one line.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         if args.command == "check-config":
             config = load_config(args.config)

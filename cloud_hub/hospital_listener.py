@@ -23,6 +23,7 @@ from typing import TextIO
 import pika
 import pika.exceptions
 
+from cloud_hub.broker import describe_error
 from cloud_hub.topology import declare_hospital_queue
 from protocol import ContractError, HospitalAlert, parse_message
 from protocol.topics import check_id
@@ -67,7 +68,10 @@ class HospitalListener:
             try:
                 connection = pika.BlockingConnection(self.parameters)
             except pika.exceptions.AMQPConnectionError as exc:
-                log.warning("broker unreachable (%s); retrying in 2 s", exc or type(exc).__name__)
+                log.warning(
+                    "AMQP broker %s:%d unreachable (%s); retrying in 2 s",
+                    self.parameters.host, self.parameters.port, describe_error(exc),
+                )  # fmt: skip
                 stop.wait(2)
                 continue
             try:
@@ -80,7 +84,7 @@ class HospitalListener:
                     connection.process_data_events(time_limit=0.2)
                 connection.close()
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError) as exc:
-                log.warning("lost the broker (%s); reconnecting", exc or type(exc).__name__)
+                log.warning("lost the AMQP broker (%s); reconnecting", describe_error(exc))
         log.info("stopped: %d alerts received, %d duplicates", self.received, self.duplicates)
 
     def _on_message(self, channel, method, properties, body: bytes) -> None:  # noqa: ANN001
@@ -118,7 +122,7 @@ class HospitalListener:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hospital-listener", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hospital-listener", description=__doc__.splitlines()[0].replace("`", ""))
     parser.add_argument("--hospital", required=True, help="hospital id whose alerts to receive")
     parser.add_argument("--amqp-host", default="127.0.0.1", help="AMQP broker host")
     parser.add_argument("--amqp-port", type=int, default=5672, help="AMQP broker port")
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt at ERROR with a traceback; the services log one line.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
     try:
         check_id(args.hospital, "hospital id")

@@ -42,16 +42,17 @@ def decide(
     if acuity > URGENT_ACUITY_MAX:
         return Decision(acuity, hub_acuity, None)
 
+    # Every opinion is listed, urgent or not, so a reader sees when NEWS2 overruled both models.
     reasons = []
-    if result.scores.model is not None and result.scores.model_acuity <= URGENT_ACUITY_MAX:
+    if result.scores.model is not None:
         reasons.append(f"edge model KTAS {result.scores.model_acuity}")
-    if hub_scores is not None and hub_scores.model_acuity <= URGENT_ACUITY_MAX:
+    if hub_scores is not None:
         reasons.append(f"hub model KTAS {hub_scores.model_acuity}")
     if floor <= URGENT_ACUITY_MAX:
         red = summary.news2.red_parameters
         detail = f", red: {', '.join(red)}" if red else ""
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
-    if not reasons:
+    elif not reasons:
         reasons.append(f"edge KTAS {result.acuity}")
     disagreement = hub_acuity is not None and (
         (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)

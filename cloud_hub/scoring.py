@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 while TensorFlow loads.
+
+    TensorFlow's C++ runtime prints absl and oneDNN start-up notices straight to file descriptor 2,
+    which TF_CPP_MIN_LOG_LEVEL does not reach (TensorFlow 2.21). Python exceptions still propagate.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class HubScorer:
     """The Keras model behind one compiled call; `model` is None when no bundle could be loaded."""
 
@@ -30,8 +50,9 @@ class HubScorer:
         except BundleError as exc:
             log.error("hub model unavailable, alerts use the edge scores and NEWS2 alone: %s", exc)
             return
-        import keras
-        import tensorflow as tf
+        with _native_stderr_silenced():
+            import keras
+            import tensorflow as tf
 
         try:
             keras_model = keras.saving.load_model(bundle.path("keras"), compile=False)

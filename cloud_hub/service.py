@@ -22,6 +22,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud_hub.broker import FATAL_ERRORS, RETRYABLE_ERRORS, describe_error
 from cloud_hub.config import HubConfig
 from cloud_hub.policy import decide
 from cloud_hub.scoring import HubScorer
@@ -40,22 +41,6 @@ from protocol.topics import (
 )
 
 log = logging.getLogger(__name__)
-
-# Broker and network failures worth a reconnect. Authentication and access errors are not retried:
-# they need an operator, not another attempt.
-RETRYABLE_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionClosedByBroker,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ChannelClosedByBroker,
-    pika.exceptions.ChannelWrongStateError,
-)
-FATAL_ERRORS = (
-    pika.exceptions.ProbableAuthenticationError,
-    pika.exceptions.ProbableAccessDeniedError,
-    pika.exceptions.AuthenticationError,
-)
-
 
 @dataclass
 class HubCounters:
@@ -77,6 +62,7 @@ class HubService:
         self.hospitals = set(config.hospitals)
         self._connection: pika.BlockingConnection | None = None
         self._publish_channel: BlockingChannel | None = None
+        self._connected = False  # whether the current attempt got as far as consuming
 
     # --- connection management ---------------------------------------------------------------
 
@@ -95,16 +81,21 @@ class HubService:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting with capped exponential backoff and jitter."""
         delay_s = self.config.reconnect_min_s
+        amqp = self.config.amqp
         while not stop.is_set():
             try:
                 self._consume(stop)
                 delay_s = self.config.reconnect_min_s
             except FATAL_ERRORS as exc:
-                log.error("broker refused the hub's credentials, not retrying: %s", exc)
+                log.error("broker %s:%d rejected the hub's credentials, not retrying: %r", amqp.host, amqp.port, exc)
                 raise
             except RETRYABLE_ERRORS as exc:
                 jittered = random.uniform(delay_s / 2, delay_s)
-                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc or type(exc).__name__, jittered)
+                what = "connection lost" if self._connected else "unreachable"
+                log.warning(
+                    "AMQP broker %s:%d %s (%s); retrying in %.1f s",
+                    amqp.host, amqp.port, what, describe_error(exc), jittered,
+                )  # fmt: skip
                 stop.wait(jittered)
                 delay_s = min(delay_s * 2, self.config.reconnect_max_s)
             finally:
@@ -114,6 +105,7 @@ class HubService:
     def _consume(self, stop: threading.Event) -> None:
         amqp = self.config.amqp
         log.info("connecting to AMQP broker %s:%d", amqp.host, amqp.port)
+        self._connected = False
         self._connection = pika.BlockingConnection(self._parameters())
         consume_channel = self._connection.channel()
         declare_hub_topology(consume_channel)
@@ -123,6 +115,7 @@ class HubService:
         self._publish_channel.confirm_delivery()
         consume_channel.basic_qos(prefetch_count=amqp.prefetch)
         consume_channel.basic_consume(HUB_TRIAGE_QUEUE, self._on_message, auto_ack=False)
+        self._connected = True
         log.info(
             "hub consuming %s (prefetch %d), serving hospitals %s",
             HUB_TRIAGE_QUEUE, amqp.prefetch, ", ".join(self.config.hospitals),
@@ -233,8 +226,9 @@ class HubService:
             mandatory=True,
         )
         log.info(
-            "alert %s to %s: KTAS %d %s (%s)",
-            alert.alert_id, alert.hospital_id, alert.acuity, alert.emergency_type.value, alert.reason,
+            "alert %s for incident %s to %s: KTAS %d %s (%s)",
+            alert.alert_id, alert.incident_id, alert.hospital_id, alert.acuity, alert.emergency_type.value,
+            alert.reason,
         )  # fmt: skip
 
     def _dead_letter(self, channel: BlockingChannel, method: Basic.Deliver, body: bytes, reason: str) -> None:

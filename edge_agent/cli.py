@@ -26,23 +26,29 @@ log = logging.getLogger("edge_agent")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0].replace("`", ""))
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="score replayed patients and forward the results")
     run.add_argument("--config", type=Path, help="TOML configuration file")
-    run.add_argument("--device-id", help="ambulance id")
-    run.add_argument("--hospital", dest="destination_hospital_id", help="default destination hospital id")
-    run.add_argument("--outbox", dest="outbox_path", type=Path, help="SQLite outbox file")
-    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder")
-    run.add_argument("--mqtt-host", help="MQTT broker host")
-    run.add_argument("--mqtt-port", type=int, help="MQTT broker port")
-    run.add_argument("--mqtt-username", help="MQTT user name")
-    run.add_argument("--replay", dest="replay_source", choices=["ktas", "physionet"], help="replay source")
-    run.add_argument("--replay-start", type=int, help="first visit or stay to play (index)")
-    run.add_argument("--replay-interval", type=float, help="seconds between KTAS patients")
-    run.add_argument("--replay-speed", type=float, help="PhysioNet time compression factor")
-    run.add_argument("--data-dir", type=Path, help="folder holding ktas/ and physionet-2012/")
+    run.add_argument("--device-id", help="ambulance id (config key device_id)")
+    run.add_argument(
+        "--hospital", dest="destination_hospital_id", help="default destination hospital id (destination_hospital_id)"
+    )
+    run.add_argument("--outbox", dest="outbox_path", type=Path, help="SQLite outbox file (outbox_path)")
+    run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder (bundle_dir)")
+    run.add_argument("--mqtt-host", help="MQTT broker host ([mqtt] host)")
+    run.add_argument("--mqtt-port", type=int, help="MQTT broker port ([mqtt] port)")
+    run.add_argument("--mqtt-username", help="MQTT user name ([mqtt] username)")
+    run.add_argument(
+        "--replay", dest="replay_source", choices=["ktas", "physionet"], help="replay source ([replay] source)"
+    )
+    run.add_argument("--replay-start", type=int, help="index of the first visit or stay to play ([replay] start)")
+    run.add_argument("--replay-interval", type=float, help="seconds between KTAS patients ([replay] interval_s)")
+    run.add_argument(
+        "--replay-speed", type=float, help="recorded seconds played per second for PhysioNet ([replay] speed)"
+    )
+    run.add_argument("--data-dir", type=Path, help="folder with ktas/ and physionet-2012/ ([replay] data_dir)")
     run.add_argument("--duration", type=float, help="seconds to replay before stopping (default: until signalled)")
     run.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to keep delivering after the replay stops"

@@ -5,7 +5,7 @@ Two sources:
   The data holds one set of vital signs per visit, so each visit becomes one incident with one frame.
 - `physionet`: ICU stays of the PhysioNet 2012 challenge as time series. Each stay is an incident;
   each recorded measurement time becomes a frame holding the values measured then, with recorded time
-  compressed by `speed` (60 plays one recorded hour per wall-clock minute).
+  compressed by `speed` (3600 plays one recorded hour per second).
 
 A source yields `ScheduledFrame`s whose `at_s` is the offset from the start of the replay; the agent
 stamps each frame with the wall-clock time at which it plays it.
@@ -61,7 +61,7 @@ def ktas_frames(
 
 
 def physionet_frames(
-    stays: list[IcuStay], *, speed: float = 60.0, gap_s: float = 2.0
+    stays: list[IcuStay], *, speed: float = 3600.0, gap_s: float = 2.0
 ) -> Iterator[ScheduledFrame]:
     """Yield each stay's measurements in recorded order, time compressed by `speed`, stays in turn."""
     if speed <= 0:
@@ -70,8 +70,8 @@ def physionet_frames(
     for stay in stays:
         context = stay.context().model_dump()
         last_s = offset_s
-        for minute in stay.measurement_times():
-            values = stay.values_at(minute)
+        for minute, measured in stay.timeline():
+            values: dict[str, Any] = dict(measured)
             values["context"] = context
             values["source"] = f"physionet-2012 record {stay.record_id} at {minute // 60:02d}:{minute % 60:02d}"
             last_s = offset_s + minute * 60 / speed
@@ -85,7 +85,7 @@ def open_source(
     *,
     start: int = 0,
     interval_s: float = 2.0,
-    speed: float = 60.0,
+    speed: float = 3600.0,
     stays: int = 3,
 ) -> Iterator[ScheduledFrame]:
     """Open a replay source by name: `ktas` or `physionet`."""

@@ -65,3 +65,42 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, labels: np.ndarray
     for t, p in zip(true, predicted, strict=True):
         matrix[index[t], index[p]] += 1
     return matrix.tolist()
+
+
+def auprc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Average precision: the mean of precision at the rank of each positive, ties broken by order."""
+    positive = positive.astype(bool)
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    hits = positive[order]
+    precision_at_rank = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at_rank[hits].mean())
+
+
+def expected_calibration_error(positive: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+    """Weighted mean gap between predicted probability and observed frequency over equal-width bins."""
+    positive = positive.astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            error += members.mean() * abs(probability[members].mean() - positive[members].mean())
+    return float(error)
+
+
+def min_sensitivity_ppv(positive: np.ndarray, predicted: np.ndarray) -> float:
+    """PhysioNet/CinC 2012 event 1 score: the smaller of sensitivity and positive predictivity."""
+    positive = positive.astype(bool)
+    predicted = predicted.astype(bool)
+    true_positive = np.sum(positive & predicted)
+    sensitivity = true_positive / max(positive.sum(), 1)
+    ppv = true_positive / max(predicted.sum(), 1)
+    return float(min(sensitivity, ppv))
+
+
+def prevalence_threshold(training_scores: np.ndarray, prevalence: float) -> float:
+    """Score above which the same share of training cases is flagged as the outcome's prevalence."""
+    return float(np.quantile(training_scores, 1 - prevalence))

@@ -36,6 +36,18 @@ FRAME_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 # FiO2 is a fraction; above room air (0.21) the patient receives supplemental oxygen.
 ROOM_AIR_FIO2 = 0.21
+# Charted values outside these bounds are artefacts, not physiology: zeros from a flushed or zeroed
+# arterial line, a respiratory rate of 0 on a ventilator, temperatures from a probe off the patient.
+# They are dropped from the timeline and counted in `IcuStay.dropped`.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "hr_bpm": (20, 300),
+    "rr_per_min": (1, 80),
+    "sbp_mmhg": (40, 300),
+    "dbp_mmhg": (10, 250),
+    "temp_c": (25, 45),
+    "spo2_pct": (50, 100),
+    "gcs": (3, 15),
+}
 
 
 class PhysioNetFormatError(ValueError):
@@ -50,31 +62,41 @@ class IcuStay:
     icu_type: int | None
     # parameter -> [(minutes since admission, value)], in time order
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    dropped: int = 0  # implausible values left out of the last timeline() call
 
     def context(self) -> PatientContext:
         sex = None if self.gender is None else ("male" if self.gender == 1 else "female")
         age = None if self.age_years is None else int(min(self.age_years, 120))
         return PatientContext(age_years=age, sex=sex)
 
-    def measurement_times(self) -> list[int]:
-        """Minutes since admission at which any frame parameter or FiO2 was measured."""
-        wanted = {name for names in FRAME_PARAMETERS.values() for name in names} | {"FiO2"}
-        times = {minute for name in wanted for minute, _ in self.series.get(name, [])}
-        return sorted(times)
+    def timeline(self, until_minute: int | None = None) -> list[tuple[int, dict[str, float | int | bool]]]:
+        """Return (minute, frame fields measured then) in time order, up to `until_minute` inclusive.
 
-    def values_at(self, minute: int) -> dict[str, float | int | bool]:
-        """Return the frame fields measured exactly at `minute` (carry-forward is the window's job)."""
-        values: dict[str, float | int | bool] = {}
+        Carrying values forward between measurements is the window's job, not this function's.
+        """
+        by_minute: dict[int, dict[str, float | int | bool]] = defaultdict(dict)
+        self.dropped = 0
         for frame_field, names in FRAME_PARAMETERS.items():
-            for name in names:
-                found = [value for at, value in self.series.get(name, []) if at == minute]
-                if found:
-                    values[frame_field] = int(found[-1]) if frame_field == "gcs" else found[-1]
-                    break
-        fio2 = [value for at, value in self.series.get("FiO2", []) if at == minute]
-        if fio2:
-            values["supplemental_oxygen"] = fio2[-1] > ROOM_AIR_FIO2
-        return values
+            low, high = PLAUSIBLE_RANGES[frame_field]
+            # Walk the parameters in reverse priority so the preferred one overwrites the other.
+            for name in reversed(names):
+                for minute, value in self.series.get(name, []):
+                    if not low <= value <= high:
+                        self.dropped += 1
+                        continue
+                    by_minute[minute][frame_field] = int(value) if frame_field == "gcs" else value
+        for values in by_minute.values():
+            sbp, dbp = values.get("sbp_mmhg"), values.get("dbp_mmhg")
+            if sbp is not None and dbp is not None and dbp > sbp:
+                del values["sbp_mmhg"], values["dbp_mmhg"]
+                self.dropped += 2
+        for minute, value in self.series.get("FiO2", []):
+            by_minute[minute]["supplemental_oxygen"] = value > ROOM_AIR_FIO2
+        return [
+            (minute, by_minute[minute])
+            for minute in sorted(by_minute)
+            if (until_minute is None or minute <= until_minute) and by_minute[minute]
+        ]
 
 
 @dataclass(frozen=True)

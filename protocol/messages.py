@@ -119,6 +119,50 @@ class News2Score(_Contract):
     missing: list[str] = Field(description="parameters absent from the frame; they scored 0")
 
 
+SERIES_VITALS = ("hr_bpm", "rr_per_min", "sbp_mmhg", "dbp_mmhg", "temp_c", "spo2_pct", "gcs")
+
+
+class VitalStats(_Contract):
+    """Summary of one vital sign's measurements over an incident, in time order.
+
+    "Early" is the older half of the measurements, "late" the newer half, "recent" the newest quarter.
+    """
+
+    count: int = Field(ge=1)
+    min: float
+    max: float
+    mean: float
+    std: float = Field(ge=0)
+    first: float
+    last: float
+    recent_mean: float
+    early_min: float
+    early_max: float
+    late_min: float
+    late_max: float
+    late_mean: float
+    share_low: float = Field(ge=0, le=1, description="share of measurements below the low cut-off")
+    share_high: float = Field(ge=0, le=1, description="share of measurements above the high cut-off")
+
+
+class SeriesSummary(_Contract):
+    """The incident's vital-sign history so far, condensed for the deterioration model."""
+
+    frames: int = Field(ge=1)
+    vitals: dict[str, VitalStats]
+    oxygen_frames: int = Field(ge=0, description="frames recorded on supplemental oxygen")
+    age_years: int | None = Field(default=None, ge=0, le=120)
+    sex: Literal["female", "male"] | None = None
+
+    @field_validator("vitals")
+    @classmethod
+    def _known_vitals(cls, vitals: dict[str, VitalStats]) -> dict[str, VitalStats]:
+        unknown = set(vitals) - set(SERIES_VITALS)
+        if unknown:
+            raise ValueError(f"unknown vitals {sorted(unknown)}; expected some of {list(SERIES_VITALS)}")
+        return vitals
+
+
 class ModelInfo(_Contract):
     version: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -240,6 +284,10 @@ def describe_validation_error(name: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "(message)"
+        if error["type"] == "missing":
+            # The input of a missing field is the enclosing object, which says nothing useful.
+            problems.append(f"{location}: {error['msg']}")
+            continue
         value = repr(error.get("input"))
         if len(value) > 80:
             value = value[:77] + "..."

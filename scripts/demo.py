@@ -271,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(summary, indent=2))
     print(f"summary written to {args.summary}; logs in {summary['run_dir']}")
-    healthy = summary["lost"] == 0 and summary["duplicates"] == 0 and summary["triage_pending_on_edges"] == 0
+    healthy = (
+        summary["lost"] == 0
+        and summary["duplicates"] == 0
+        and summary["triage_pending_on_edges"] == 0
+        and summary["alerts_delivered"] == summary["alerts_stored_by_hub"]
+    )
+    if not healthy:
+        log.error("the demo lost, duplicated or left undelivered some results or alerts; see the summary")
     return 0 if healthy else 1
 
 

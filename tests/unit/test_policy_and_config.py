@@ -128,3 +128,18 @@ def test_cli_overrides_file(tmp_path: Path) -> None:
     config = load_agent_config(path, {"mqtt": {"port": 1999, "host": None}})
     assert config.mqtt.port == 1999
     assert config.mqtt.host == "127.0.0.1"
+
+
+def test_example_configs_are_valid() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    agent = load_agent_config(examples / "edge-agent.toml")
+    hub = load_hub_config(examples / "hub.toml")
+    assert agent.device_id == "amb-01"
+    assert hub.hospitals == ["st-marys", "city-general"]
+
+
+def test_missing_field_error_omits_input() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_agent_config(None, {"device_id": "amb-1"})
+    assert "outbox_path: Field required" in str(error.value)
+    assert "got" not in str(error.value)

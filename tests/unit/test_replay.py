@@ -32,7 +32,8 @@ def test_physionet_stay_parsed(data_dir: Path) -> None:
     assert stay.record_id == 132539
     assert stay.age_years == 54
     assert stay.series["HR"][0] == (7, 73.0)
-    values = stay.values_at(7)
+    minute, values = stay.timeline()[0]
+    assert minute == 7
     assert values["hr_bpm"] == 73.0
     assert values["sbp_mmhg"] == 147.0  # non-invasive pressure when no arterial line
     assert values["gcs"] == 15

@@ -1,1 +1,0 @@
-"""Fleet administration: model bundles, signing, rollout and rollback (not built yet)."""

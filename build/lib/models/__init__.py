@@ -1,1 +1,0 @@
-"""Data loaders, clinical scores, features (numpy only), Keras training, TFLite export and bundles."""

@@ -1,1 +1,0 @@
-"""Textual terminal for the crew in the back of the ambulance (not built yet)."""
