@@ -11,19 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.ecg_strips import (
+from models.ecg_records import (
     LABELS_DETECTED,
     LABELS_REFERENCE,
-    STRIP_HEIGHT,
-    STRIP_WIDTH,
     EcgRecord,
-    StripDataset,
     detect_qrs,
     label_beats,
     load_rhythm_records,
+    score_detection,
+)
+from models.ecg_strips import (
+    STRIP_HEIGHT,
+    STRIP_WIDTH,
+    StripDataset,
     prepare_strip_image,
     render_strip,
-    score_detection,
     strip_dataset,
 )
 
