@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DURATION ?= 60
 PYTEST_ARGS ?=
+DATA_DIR ?= $(shell $(PYTHON) -c "import sys; sys.path.insert(0, '.'); from models.data_paths import default_data_dir; print(default_data_dir())" 2>/dev/null || echo ../shared/data)
 
-.PHONY: setup demo test train rabbitmq-start rabbitmq-stop clean
+.PHONY: setup demo test train report evaluate rabbitmq-start rabbitmq-stop clean
 
 setup: $(STAMP)
 
@@ -37,3 +38,9 @@ rabbitmq-stop: setup
 clean:
 	-$(BIN)/python -m scripts.rabbitmq_node stop
 	rm -rf .run demo-summary.json
+
+report: setup
+	$(BIN)/python -m models.report
+
+evaluate: setup
+	$(BIN)/python -m models.evaluate --ktas $(DATA_DIR)/ktas/triage-moon-2019.csv --physionet $(DATA_DIR)/physionet-2012/set-a

@@ -1,7 +1,7 @@
 """`cloud-hub`: run the hub, or check its configuration.
 
-    cloud-hub run --amqp-port 5672 --store-url sqlite:///hub.sqlite --hospital general-hospital
-    cloud-hub check-config hub.toml
+cloud-hub run --amqp-port 5672 --store-url sqlite:///hub.sqlite --hospital general-hospital
+cloud-hub check-config hub.toml
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "--hospital", dest="hospitals", action="append", help="hospital id to serve, repeatable (hospitals)"
     )
     run.add_argument(
-        "--default-hospital", dest="default_hospital_id", help="hospital for results without one (default_hospital_id)"
+        "--default-hospital",
+        dest="default_hospital_id",
+        help="hospital for results without one (default_hospital_id)",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 

@@ -47,6 +47,9 @@ def format_alert(alert: HospitalAlert, latency_ms: float) -> str:
     age = vitals.context.age_years if vitals.context else None
     age_text = f"{age}y " if age is not None else ""
     flag = " EDGE/HUB DISAGREE;" if alert.disagreement else ""
+    risk = (alert.hub or alert.edge).deterioration_risk
+    if risk is not None:
+        parts.append(f"death risk {risk:.0%}")
     return (
         f"{alert.created_at.astimezone(UTC):%H:%M:%S} ALERT KTAS {alert.acuity} {alert.emergency_type.value:<12} "
         f"{age_text}from {alert.device_id} ({alert.incident_id}): {' '.join(parts)} |{flag} "
@@ -122,15 +125,21 @@ class HospitalListener:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hospital-listener", description=__doc__.splitlines()[0].replace("`", ""))
+    parser = argparse.ArgumentParser(
+        prog="hospital-listener", description=__doc__.splitlines()[0].replace("`", "")
+    )
     parser.add_argument("--hospital", required=True, help="hospital id whose alerts to receive")
     parser.add_argument("--amqp-host", default="127.0.0.1", help="AMQP broker host")
     parser.add_argument("--amqp-port", type=int, default=5672, help="AMQP broker port")
-    parser.add_argument("--amqp-username", default="guest", help="AMQP user; password from $HOSPITAL_AMQP_PASSWORD")
+    parser.add_argument(
+        "--amqp-username", default="guest", help="AMQP user; password from $HOSPITAL_AMQP_PASSWORD"
+    )
     parser.add_argument("--record", type=Path, help="append each alert as a JSON line to this file")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # pika logs every failed connection attempt at ERROR with a traceback; the services log one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
@@ -142,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parameters = pika.ConnectionParameters(
         host=args.amqp_host,
         port=args.amqp_port,
-        credentials=pika.PlainCredentials(args.amqp_username, os.environ.get("HOSPITAL_AMQP_PASSWORD", "guest")),
+        credentials=pika.PlainCredentials(
+            args.amqp_username, os.environ.get("HOSPITAL_AMQP_PASSWORD", "guest")
+        ),
         heartbeat=30,
     )
     stop = threading.Event()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from models.features import WindowSummary
 from models.scores import news2_acuity_floor
-from models.triage import final_acuity
+from models.triage import OperatingPoint, final_acuity
 from protocol import URGENT_ACUITY_MAX, HospitalAlert, Scores, TriageResult
 
 
@@ -28,6 +28,7 @@ def decide(
     summary: WindowSummary,
     hub_scores: Scores | None,
     hospital_id: str,
+    operating_point: OperatingPoint | None = None,
     now: datetime | None = None,
 ) -> Decision:
     """Alert when the edge or the hub, each after the NEWS2 safety floor, finds the patient urgent.
@@ -37,7 +38,7 @@ def decide(
     """
     floor = news2_acuity_floor(summary.news2)
     edge_acuity = min(result.acuity, floor)
-    hub_acuity = None if hub_scores is None else final_acuity(hub_scores, summary.news2)[0]
+    hub_acuity = None if hub_scores is None else final_acuity(hub_scores, summary.news2, operating_point)[0]
     acuity = edge_acuity if hub_acuity is None else min(edge_acuity, hub_acuity)
     if acuity > URGENT_ACUITY_MAX:
         return Decision(acuity, hub_acuity, None)
@@ -54,6 +55,11 @@ def decide(
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
     elif not reasons:
         reasons.append(f"edge KTAS {result.acuity}")
+    ectopy = (hub_scores or result.scores).ventricular_ectopy_probability
+    if ectopy is not None:
+        threshold = operating_point.ectopy_threshold if operating_point else 0.5
+        verdict = "ventricular ectopy" if ectopy >= threshold else "no ventricular ectopy"
+        reasons.append(f"ECG strip: {verdict} (p {ectopy:.2f})")
     disagreement = hub_acuity is not None and (
         (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)
     )

@@ -1,4 +1,4 @@
-"""Re-scoring on the hub with the bundle's full Keras model."""
+"""Re-scoring on the hub with the bundle's full Keras models."""
 
 from __future__ import annotations
 
@@ -11,10 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import ACUITY_OUTPUT, TYPE_OUTPUT, BundleError, load_bundle
+from models.bundle import (
+    ACUITY_OUTPUT,
+    DETERIORATION_OUTPUT,
+    ECTOPY_OUTPUT,
+    TYPE_OUTPUT,
+    URGENT_OUTPUT,
+    BundleError,
+    load_bundle,
+)
 from models.features import FEATURE_COUNT, WindowSummary, features_from_summary
-from models.triage import scores_from_probabilities
-from protocol import ModelInfo, Scores
+from models.series import DETERIORATION_FEATURE_COUNT, MIN_HISTORY_FRAMES, deterioration_features
+from models.triage import OperatingPoint, scores_from_outputs
+from protocol import ModelInfo, Scores, SeriesSummary
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,13 +49,15 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 class HubScorer:
-    """The Keras model behind one compiled call; `model` is None when no bundle could be loaded."""
+    """The bundle's Keras models behind compiled calls; `model` is None when no bundle could be loaded."""
 
     def __init__(self, bundle_dir: Path | None = None):
         self.model: ModelInfo | None = None
-        self._predict = None
+        self.operating_point: OperatingPoint | None = None
+        self._predict_triage = None
+        self._predict_deterioration = None
         try:
-            bundle = load_bundle(bundle_dir, roles=("keras",))
+            bundle = load_bundle(bundle_dir, files=(("triage", "keras"), ("deterioration", "keras")))
         except BundleError as exc:
             log.error("hub model unavailable, alerts use the edge scores and NEWS2 alone: %s", exc)
             return
@@ -55,29 +66,93 @@ class HubScorer:
             import tensorflow as tf
 
         try:
-            keras_model = keras.saving.load_model(bundle.path("keras"), compile=False)
+            triage = keras.saving.load_model(bundle.path("triage", "keras"), compile=False)
+            deterioration = keras.saving.load_model(bundle.path("deterioration", "keras"), compile=False)
         except (OSError, ValueError) as exc:
             log.error("hub model %s cannot be loaded, using edge scores alone: %s", bundle.version, exc)
             return
 
-        @tf.function(input_signature=[tf.TensorSpec([None, FEATURE_COUNT], tf.float32)], reduce_retracing=True)
-        def predict(features: tf.Tensor) -> dict[str, tf.Tensor]:
-            return keras_model(features, training=False)
+        height, width = bundle.manifest.ecg_image_shape
+        self.image_shape = (height, width)
 
-        self._predict = predict
-        self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("keras"))
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, FEATURE_COUNT], tf.float32),
+                tf.TensorSpec([None, height, width], tf.float32),
+                tf.TensorSpec([None, 1], tf.float32),
+            ],
+            reduce_retracing=True,
+        )
+        def predict_triage(
+            features: tf.Tensor, images: tf.Tensor, present: tf.Tensor
+        ) -> dict[str, tf.Tensor]:
+            return triage([features, images, present], training=False)
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, DETERIORATION_FEATURE_COUNT], tf.float32)],
+            reduce_retracing=True,
+        )
+        def predict_deterioration(features: tf.Tensor) -> dict[str, tf.Tensor]:
+            return deterioration(features, training=False)
+
+        self._predict_triage = predict_triage
+        self._predict_deterioration = predict_deterioration
+        self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("triage", "keras"))
+        self.operating_point = bundle.manifest.operating_point
         # Trace once now so the first patient does not wait for graph compilation.
-        self._predict(np.zeros((1, FEATURE_COUNT), dtype=np.float32))
-        log.info("loaded hub model %s from %s", bundle.version, bundle.directory)
+        self._predict_triage(
+            np.zeros((1, FEATURE_COUNT), np.float32),
+            np.zeros((1, height, width), np.float32),
+            np.zeros((1, 1), np.float32),
+        )
+        self._predict_deterioration(np.zeros((1, DETERIORATION_FEATURE_COUNT), np.float32))
+        log.info("loaded hub models of bundle %s from %s", bundle.version, bundle.directory)
 
-    def score(self, summaries: Sequence[WindowSummary]) -> list[Scores | None]:
-        """Score a batch of windows in one model call; None entries if no model is loaded."""
-        if self._predict is None or not summaries:
-            return [None] * len(summaries)
-        batch = np.stack([features_from_summary(summary) for summary in summaries])
-        outputs = self._predict(batch)
-        acuity = outputs[ACUITY_OUTPUT].numpy()
-        emergency_type = outputs[TYPE_OUTPUT].numpy()
+    def score(
+        self,
+        summaries: Sequence[WindowSummary],
+        histories: Sequence[SeriesSummary | None] | None = None,
+        images: Sequence[np.ndarray | None] | None = None,
+    ) -> list[Scores | None]:
+        """Score a batch of windows in one call per model; None entries if no model is loaded."""
+        count = len(summaries)
+        if self._predict_triage is None or self._predict_deterioration is None or not summaries:
+            return [None] * count
+        histories = histories or [None] * count
+        images = images or [None] * count
+        features = np.stack([features_from_summary(summary) for summary in summaries])
+        image_batch = np.zeros((count, *self.image_shape), dtype=np.float32)
+        present = np.zeros((count, 1), dtype=np.float32)
+        for index, image in enumerate(images):
+            if image is not None:
+                image_batch[index] = image
+                present[index] = 1.0
+        outputs = {
+            name: value.numpy()
+            for name, value in self._predict_triage(features, image_batch, present).items()
+        }
+
+        risks: list[float | None] = [None] * count
+        with_history = [
+            i
+            for i, history in enumerate(histories)
+            if history is not None and history.frames >= MIN_HISTORY_FRAMES
+        ]
+        if with_history:
+            batch = np.stack([deterioration_features(histories[i]) for i in with_history])  # type: ignore[arg-type]
+            predicted = self._predict_deterioration(batch)[DETERIORATION_OUTPUT].numpy()[:, 0]
+            for i, risk in zip(with_history, predicted, strict=True):
+                risks[i] = float(risk)
+
         return [
-            scores_from_probabilities(acuity[i], emergency_type[i], self.model) for i in range(len(summaries))
+            scores_from_outputs(
+                outputs[ACUITY_OUTPUT][i],
+                float(outputs[URGENT_OUTPUT][i, 0]),
+                outputs[TYPE_OUTPUT][i],
+                self.operating_point,  # type: ignore[arg-type]
+                self.model,
+                ventricular_ectopy=float(outputs[ECTOPY_OUTPUT][i, 0]) if present[i, 0] else None,
+                deterioration_risk=risks[i],
+            )
+            for i in range(count)
         ]

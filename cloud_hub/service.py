@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
@@ -28,6 +29,7 @@ from cloud_hub.policy import decide
 from cloud_hub.scoring import HubScorer
 from cloud_hub.store import HubStore
 from cloud_hub.topology import declare_hospital_queue, declare_hub_topology
+from models.ecg_strips import decode_strip_png
 from models.features import summarize_window
 from protocol import ContractError, HospitalAlert, TriageResult, parse_message
 from protocol.topics import (
@@ -41,6 +43,7 @@ from protocol.topics import (
 )
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class HubCounters:
@@ -87,7 +90,9 @@ class HubService:
                 self._consume(stop)
                 delay_s = self.config.reconnect_min_s
             except FATAL_ERRORS as exc:
-                log.error("broker %s:%d rejected the hub's credentials, not retrying: %r", amqp.host, amqp.port, exc)
+                log.error(
+                    "broker %s:%d rejected the hub's credentials, not retrying: %r", amqp.host, amqp.port, exc
+                )
                 raise
             except RETRYABLE_ERRORS as exc:
                 jittered = random.uniform(delay_s / 2, delay_s)
@@ -159,17 +164,16 @@ class HubService:
                     f"device_id {result.device_id!r} in the payload differs from {topic_device!r} in "
                     f"routing key {method.routing_key!r}"
                 )
-        except ContractError as exc:
+            ecg_image = None if result.ecg_strip_png is None else decode_strip_png(result.ecg_strip_png)
+        except (ContractError, ValueError) as exc:
             self._dead_letter(channel, method, body, str(exc))
             return
 
         try:
-            self._process(result)
+            self._process(result, ecg_image)
         except SQLAlchemyError as exc:
             # The store is down or locked: put the delivery back and slow down instead of spinning.
-            log.error(
-                "store failed for %s/%d, delivery requeued: %s", result.device_id, result.sequence, exc
-            )
+            log.error("store failed for %s/%d, delivery requeued: %s", result.device_id, result.sequence, exc)
             self.counters.requeued += 1
             channel.basic_nack(method.delivery_tag, requeue=True)
             time.sleep(1.0)
@@ -184,11 +188,11 @@ class HubService:
             return
         channel.basic_ack(method.delivery_tag)
 
-    def _process(self, result: TriageResult) -> None:
+    def _process(self, result: TriageResult, ecg_image: np.ndarray | None) -> None:
         summary = summarize_window(result.window)
-        hub_scores = self.scorer.score([summary])[0]
+        hub_scores = self.scorer.score([summary], [result.series], [ecg_image])[0]
         hospital_id = self._hospital_for(result)
-        decision = decide(result, summary, hub_scores, hospital_id)
+        decision = decide(result, summary, hub_scores, hospital_id, self.scorer.operating_point)
         outcome = self.store.store_result(result, hub_scores, decision.acuity, decision.alert)
         if outcome.duplicate:
             self.counters.duplicates += 1

@@ -12,22 +12,36 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from edge_agent.inference import EdgeScorer
 from edge_agent.outbox import Outbox
 from edge_agent.replay import ScheduledFrame
 from edge_agent.uplink import MqttUplink, UplinkEvent
-from protocol import TriageResult, VitalsFrame
+from models.ecg_strips import encode_strip_png, prepare_strip_image
+from models.series import SeriesAccumulator
+from protocol import PatientContext, TriageResult, VitalsFrame
 from protocol.messages import describe_validation_error
 from protocol.topics import triage_topic
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+@dataclass
+class IncidentState:
+    """What the agent remembers of one incident: recent frames, the whole history, the latest strip."""
+
+    window: deque[VitalsFrame]
+    history: SeriesAccumulator = field(default_factory=SeriesAccumulator)
+    ecg_image: np.ndarray | None = None
+    ecg_strip_png: str | None = None
 
 
 def utc_now() -> datetime:
@@ -60,7 +74,7 @@ class EdgeAgent:
         self.max_incidents = max_incidents
         self.clock = clock
         self.topic = triage_topic(device_id)
-        self._windows: OrderedDict[str, deque[VitalsFrame]] = OrderedDict()
+        self._incidents: OrderedDict[str, IncidentState] = OrderedDict()
         self._inflight: dict[int, int] = {}  # MQTT message id -> outbox row id
         # Events are handled on this thread after publish() has returned and the mid is recorded,
         # so a PUBACK that paho receives before publish() returns still finds its row.
@@ -74,19 +88,20 @@ class EdgeAgent:
             frame = VitalsFrame(
                 device_id=self.device_id, incident_id=incident_id, timestamp=self.clock(), **values
             )
+            frame = _arrived_by_ambulance(frame)
         except ValidationError as exc:
             reason = describe_validation_error("VitalsFrame", exc)
             log.error("rejected frame for incident %s, kept in the outbox: %s", incident_id, reason)
             self.outbox.record_rejected_frame(reason, {"incident_id": incident_id, **values})
             return None
 
-        window = self._window_for(frame)
-        assessment = self.scorer.assess(list(window))
+        incident = self._incident_for(frame)
+        window = incident.window
+        history = incident.history.summary()
+        assessment = self.scorer.assess(list(window), history=history, ecg_image=incident.ecg_image)
         summary = assessment.summary
         hospital = (
-            frame.destination_hospital_id
-            or _latest_destination(window)
-            or self.destination_hospital_id
+            frame.destination_hospital_id or _latest_destination(window) or self.destination_hospital_id
         )
 
         def build(sequence: int) -> TriageResult:
@@ -105,6 +120,8 @@ class EdgeAgent:
                 shock_index=summary.shock_index,
                 inference_ms=round(assessment.inference_ms, 3),
                 destination_hospital_id=hospital,
+                series=history,
+                ecg_strip_png=incident.ecg_strip_png,
             )
 
         result = self.outbox.add(build)
@@ -114,15 +131,33 @@ class EdgeAgent:
         )  # fmt: skip
         return result
 
-    def _window_for(self, frame: VitalsFrame) -> deque[VitalsFrame]:
-        window = self._windows.pop(frame.incident_id, None) or deque(maxlen=self.window_max_frames)
-        window.append(frame)
-        while window and frame.timestamp - window[0].timestamp > self.window:
-            window.popleft()
-        self._windows[frame.incident_id] = window  # most recently used last
-        while len(self._windows) > self.max_incidents:
-            self._windows.popitem(last=False)
-        return window
+    def _incident_for(self, frame: VitalsFrame) -> IncidentState:
+        incident = self._incidents.pop(frame.incident_id, None) or IncidentState(
+            window=deque(maxlen=self.window_max_frames)
+        )
+        incident.window.append(frame)
+        while incident.window and frame.timestamp - incident.window[0].timestamp > self.window:
+            incident.window.popleft()
+        incident.history.add(frame)
+        self._incidents[frame.incident_id] = incident  # most recently used last
+        while len(self._incidents) > self.max_incidents:
+            self._incidents.popitem(last=False)
+        return incident
+
+    def attach_ecg_strip(self, incident_id: str, image: object) -> None:
+        """Use a photographed ECG rhythm strip for the incident's next results.
+
+        `image` is anything `prepare_strip_image` accepts: a PIL image, a file path or an array.
+        Raises ValueError (from `prepare_strip_image`) when the image cannot be used.
+        """
+        prepared = prepare_strip_image(image)  # type: ignore[arg-type]
+        incident = self._incidents.get(incident_id)
+        if incident is None:
+            incident = IncidentState(window=deque(maxlen=self.window_max_frames))
+            self._incidents[incident_id] = incident
+        incident.ecg_image = prepared
+        incident.ecg_strip_png = encode_strip_png(prepared)
+        log.info("ECG strip attached to incident %s", incident_id)
 
     # --- results to the broker ---------------------------------------------------------------
 
@@ -219,6 +254,14 @@ class EdgeAgent:
             stats.frames_seen, stats.frames_rejected, stats.delivered, stats.pending, self.inflight,
             "online" if self.uplink.connected else "offline",
         )  # fmt: skip
+
+
+def _arrived_by_ambulance(frame: VitalsFrame) -> VitalsFrame:
+    """Record that the patient arrives by ambulance, which every patient of an edge agent does."""
+    context = frame.context or PatientContext()
+    if context.arrival_mode is not None:
+        return frame
+    return frame.model_copy(update={"context": context.model_copy(update={"arrival_mode": "ambulance"})})
 
 
 def _latest_destination(window: deque[VitalsFrame]) -> str | None:

@@ -1,7 +1,7 @@
 """`edge-agent`: run an ambulance's edge agent, or check its configuration.
 
-    edge-agent run --device-id amb-01 --mqtt-port 1883 --outbox /var/lib/edge/outbox.sqlite
-    edge-agent check-config agent.toml
+edge-agent run --device-id amb-01 --mqtt-port 1883 --outbox /var/lib/edge/outbox.sqlite
+edge-agent check-config agent.toml
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML configuration file")
     run.add_argument("--device-id", help="ambulance id (config key device_id)")
     run.add_argument(
-        "--hospital", dest="destination_hospital_id", help="default destination hospital id (destination_hospital_id)"
+        "--hospital",
+        dest="destination_hospital_id",
+        help="default destination hospital id (destination_hospital_id)",
     )
     run.add_argument("--outbox", dest="outbox_path", type=Path, help="SQLite outbox file (outbox_path)")
     run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder (bundle_dir)")
@@ -41,15 +43,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mqtt-port", type=int, help="MQTT broker port ([mqtt] port)")
     run.add_argument("--mqtt-username", help="MQTT user name ([mqtt] username)")
     run.add_argument(
-        "--replay", dest="replay_source", choices=["ktas", "physionet"], help="replay source ([replay] source)"
+        "--replay",
+        dest="replay_source",
+        choices=["ktas", "physionet"],
+        help="replay source ([replay] source)",
     )
-    run.add_argument("--replay-start", type=int, help="index of the first visit or stay to play ([replay] start)")
-    run.add_argument("--replay-interval", type=float, help="seconds between KTAS patients ([replay] interval_s)")
+    run.add_argument(
+        "--replay-start", type=int, help="index of the first visit or stay to play ([replay] start)"
+    )
+    run.add_argument(
+        "--replay-interval", type=float, help="seconds between KTAS patients ([replay] interval_s)"
+    )
     run.add_argument(
         "--replay-speed", type=float, help="recorded seconds played per second for PhysioNet ([replay] speed)"
     )
-    run.add_argument("--data-dir", type=Path, help="folder with ktas/ and physionet-2012/ ([replay] data_dir)")
-    run.add_argument("--duration", type=float, help="seconds to replay before stopping (default: until signalled)")
+    run.add_argument(
+        "--data-dir", type=Path, help="folder with ktas/ and physionet-2012/ ([replay] data_dir)"
+    )
+    run.add_argument(
+        "--duration", type=float, help="seconds to replay before stopping (default: until signalled)"
+    )
     run.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to keep delivering after the replay stops"
     )

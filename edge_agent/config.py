@@ -43,7 +43,10 @@ class ReplayConfig(StrictSettings):
     start: int = Field(default=0, ge=0, description="index of the first visit or stay to play")
     interval_s: float = Field(default=2.0, gt=0, le=3600, description="seconds between KTAS patients")
     speed: float = Field(
-        default=3600.0, gt=0, le=1e6, description="recorded seconds played per second; 3600 plays an hour a second"
+        default=3600.0,
+        gt=0,
+        le=1e6,
+        description="recorded seconds played per second; 3600 plays an hour a second",
     )
     stays: int = Field(default=3, ge=1, le=5000, description="PhysioNet stays to play")
 

@@ -1,4 +1,9 @@
-"""On-board scoring: the bundle's TFLite model on a window of frames, with the NEWS2 safety floor."""
+"""On-board scoring: the bundle's TFLite models on an incident's window, history and ECG strip.
+
+The triage model scores the window's newest state (and the crew's ECG strip photo, when there is
+one); the deterioration model scores the incident's whole vitals history once it holds enough frames.
+The NEWS2 safety floor applies to every result. Without a usable bundle, NEWS2 scores alone.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.bundle import BundleError, load_bundle
+import numpy as np
+
+from models.bundle import (
+    ACUITY_OUTPUT,
+    DETERIORATION_INPUT,
+    DETERIORATION_OUTPUT,
+    ECG_IMAGE_INPUT,
+    ECG_PRESENT_INPUT,
+    ECTOPY_OUTPUT,
+    INPUT_NAME,
+    TYPE_OUTPUT,
+    URGENT_OUTPUT,
+    BundleError,
+    load_bundle,
+)
 from models.features import WindowSummary, features_from_summary, summarize_window
-from models.litert import RuntimeMissingError, TriageInterpreter
-from models.triage import final_acuity, news2_only_scores, scores_from_probabilities
-from protocol import ModelInfo, Scores, VitalsFrame
+from models.litert import RuntimeMissingError, SignatureModel
+from models.series import MIN_HISTORY_FRAMES, deterioration_features
+from models.triage import OperatingPoint, final_acuity, news2_only_scores, scores_from_outputs
+from protocol import ModelInfo, Scores, SeriesSummary, VitalsFrame
 
 log = logging.getLogger(__name__)
+
+TRIAGE_INPUTS = (INPUT_NAME, ECG_IMAGE_INPUT, ECG_PRESENT_INPUT)
+TRIAGE_OUTPUTS = (ACUITY_OUTPUT, URGENT_OUTPUT, TYPE_OUTPUT, ECTOPY_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -27,39 +50,93 @@ class Assessment:
 
 
 class EdgeScorer:
-    """Scores windows with the TFLite model, or with NEWS2 alone when no model can be loaded."""
+    """Scores incidents with the TFLite models, or with NEWS2 alone when no bundle can be loaded."""
 
     def __init__(self, bundle_dir: Path | None = None, num_threads: int = 1):
         self.model: ModelInfo | None = None
-        self._interpreter: TriageInterpreter | None = None
+        self.operating_point: OperatingPoint | None = None
+        self.image_shape: tuple[int, int] | None = None
+        self._triage: SignatureModel | None = None
+        self._deterioration: SignatureModel | None = None
         try:
-            bundle = load_bundle(bundle_dir, roles=("tflite",))
-            self._interpreter = TriageInterpreter(bundle.path("tflite"), num_threads=num_threads)
-            self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("tflite"))
-            log.info(
-                "loaded model %s (%s, %s) from %s",
-                bundle.version, bundle.manifest.tflite_quantization, self._interpreter.runtime,
-                bundle.directory,
-            )  # fmt: skip
-        except (BundleError, RuntimeMissingError, ValueError) as exc:
-            log.error(
-                "no usable triage model, scoring with NEWS2 alone until a valid bundle is installed: %s",
-                exc,
+            bundle = load_bundle(bundle_dir)
+            self._triage = SignatureModel(
+                bundle.path("triage", "tflite"), TRIAGE_INPUTS, TRIAGE_OUTPUTS, num_threads=num_threads
             )
+            self._deterioration = SignatureModel(
+                bundle.path("deterioration", "tflite"),
+                (DETERIORATION_INPUT,),
+                (DETERIORATION_OUTPUT,),
+                num_threads,
+            )
+        except (BundleError, RuntimeMissingError, ValueError) as exc:
+            self._triage = self._deterioration = None
+            log.error(
+                "no usable model bundle, scoring with NEWS2 alone until a valid one is installed: %s", exc
+            )
+            return
+        self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("triage", "tflite"))
+        self.operating_point = bundle.manifest.operating_point
+        self.image_shape = bundle.manifest.ecg_image_shape
+        log.info(
+            "loaded model bundle %s (triage %s, deterioration %s, %s) from %s",
+            bundle.version, bundle.manifest.triage.tflite_quantization,
+            bundle.manifest.deterioration.tflite_quantization, self._triage.runtime, bundle.directory,
+        )  # fmt: skip
 
-    def assess(self, window: Sequence[VitalsFrame]) -> Assessment:
+    def assess(
+        self,
+        window: Sequence[VitalsFrame],
+        history: SeriesSummary | None = None,
+        ecg_image: np.ndarray | None = None,
+    ) -> Assessment:
+        """Score a window; `history` feeds the deterioration model, `ecg_image` the ectopy branch.
+
+        `ecg_image` is a prepared strip (`models.ecg_strips.prepare_strip_image`) of the bundle's
+        image shape.
+        """
         started = time.perf_counter()
         summary = summarize_window(window)
-        if self._interpreter is None:
+        if self._triage is None or self.operating_point is None:
             scores = news2_only_scores(summary)
         else:
-            acuity, emergency_type = self._interpreter.predict(features_from_summary(summary))
-            scores = scores_from_probabilities(acuity[0], emergency_type[0], self.model)
-        acuity_level, floor_applied = final_acuity(scores, summary.news2)
+            scores = self._score(summary, history, ecg_image)
+        acuity, floor_applied = final_acuity(scores, summary.news2, self.operating_point)
         return Assessment(
             summary=summary,
             scores=scores,
-            acuity=acuity_level,
+            acuity=acuity,
             floor_applied=floor_applied,
             inference_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def _score(
+        self, summary: WindowSummary, history: SeriesSummary | None, ecg_image: np.ndarray | None
+    ) -> Scores:
+        assert self._triage is not None and self._deterioration is not None and self.image_shape is not None
+        if ecg_image is not None and tuple(ecg_image.shape) != tuple(self.image_shape):
+            raise ValueError(f"ECG image has shape {ecg_image.shape}, the model expects {self.image_shape}")
+        present = ecg_image is not None
+        image = ecg_image if present else np.zeros(self.image_shape, dtype=np.float32)
+        outputs = self._triage.run(
+            **{
+                INPUT_NAME: features_from_summary(summary)[np.newaxis, :],
+                ECG_IMAGE_INPUT: image[np.newaxis, :, :].astype(np.float32),
+                ECG_PRESENT_INPUT: np.array([[1.0 if present else 0.0]], dtype=np.float32),
+            }
+        )
+        risk = None
+        if history is not None and history.frames >= MIN_HISTORY_FRAMES:
+            risk_output = self._deterioration.run(
+                **{DETERIORATION_INPUT: deterioration_features(history)[np.newaxis, :]}
+            )
+            risk = float(risk_output[DETERIORATION_OUTPUT][0, 0])
+        return scores_from_outputs(
+            outputs[ACUITY_OUTPUT][0],
+            float(outputs[URGENT_OUTPUT][0, 0]),
+            outputs[TYPE_OUTPUT][0],
+            self.operating_point,  # type: ignore[arg-type]
+            self.model,
+            ventricular_ectopy=float(outputs[ECTOPY_OUTPUT][0, 0]) if present else None,
+            deterioration_risk=risk,
         )

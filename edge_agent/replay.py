@@ -73,7 +73,9 @@ def physionet_frames(
         for minute, measured in stay.timeline():
             values: dict[str, Any] = dict(measured)
             values["context"] = context
-            values["source"] = f"physionet-2012 record {stay.record_id} at {minute // 60:02d}:{minute % 60:02d}"
+            values["source"] = (
+                f"physionet-2012 record {stay.record_id} at {minute // 60:02d}:{minute % 60:02d}"
+            )
             last_s = offset_s + minute * 60 / speed
             yield ScheduledFrame(at_s=last_s, incident_id=f"icu-{stay.record_id}", values=values)
         offset_s = last_s + gap_s

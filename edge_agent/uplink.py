@@ -98,7 +98,9 @@ class MqttUplink:
             return None
         return info.mid
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             # Wrong credentials or a refused client id: paho retries, and so would we, but the
             # operator must fix the configuration.

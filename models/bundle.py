@@ -1,9 +1,10 @@
-"""Model bundles: one folder per version holding the Keras model, its TFLite export and a manifest.
+"""Model bundles: one folder per version with the triage and deterioration models and a manifest.
 
-The manifest lists each file with its sha256, the feature specification the model expects, the data
-it was trained on and its evaluation metrics. Loading a bundle checks every hash it is asked for, so a
-truncated or altered model file is rejected before any interpreter reads it. This module imports
-neither TensorFlow nor LiteRT: the edge agent uses it too.
+Each task has a Keras model for the hub and a TFLite export for the edge. The manifest lists every file
+with its sha256, the feature specification each model expects, the operating point, the data the
+models were trained on, the held-out splits and the evaluation metrics. Loading a bundle checks the
+hash of every file it is asked for, so a truncated or altered model is rejected before an interpreter
+reads it. This module imports neither TensorFlow nor LiteRT: the edge agent uses it too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.features import FEATURE_NAMES, FEATURE_SPEC
+from models.series import DETERIORATION_FEATURE_NAMES, DETERIORATION_FEATURE_SPEC
+from models.triage import OperatingPoint
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +28,68 @@ TRAINED_MODELS_DIR = Path(__file__).resolve().parent / "trained_models"
 DEFAULT_POINTER = "default"  # text file in TRAINED_MODELS_DIR naming the default version
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "serving_default"
-# Tensor names of the exported signature, shared by the Keras model and every runtime.
+
+# Tensor names of the exported signatures, shared by the Keras models and every runtime.
 INPUT_NAME = "features"
+ECG_IMAGE_INPUT = "ecg_image"
+ECG_PRESENT_INPUT = "ecg_present"
 ACUITY_OUTPUT = "acuity"
+URGENT_OUTPUT = "urgent"
 TYPE_OUTPUT = "emergency_type"
+ECTOPY_OUTPUT = "ventricular_ectopy"
+DETERIORATION_INPUT = "series_features"
+DETERIORATION_OUTPUT = "deterioration"
+
+TASKS = ("triage", "deterioration")
+Quantization = Literal["int8", "dynamic-range", "float16"]
 
 
 class BundleError(RuntimeError):
     """A bundle that is missing, malformed, altered or built for other features."""
 
 
-class FileEntry(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class FileEntry(_Strict):
     path: str = Field(description="file name inside the bundle folder")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
 
 
-class TrainingData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TaskModel(_Strict):
+    """One task's models: the Keras original and its TFLite export."""
 
+    keras: FileEntry
+    tflite: FileEntry
+    tflite_quantization: Quantization
+    feature_spec: str
+    feature_names: list[str]
+
+
+class TrainingData(_Strict):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     rows: int = Field(ge=0)
     license: str
 
 
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal[1] = 1
+class Manifest(_Strict):
+    format: Literal[2] = 2
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     created_at: datetime
-    feature_spec: str
-    feature_names: list[str]
+    triage: TaskModel
+    deterioration: TaskModel
+    ecg_image_shape: tuple[int, int] = Field(description="height and width of the strip image input")
     acuity_levels: list[int]
     emergency_types: list[str]
-    files: dict[str, FileEntry] = Field(description="role ('keras', 'tflite') -> file")
-    tflite_quantization: Literal["int8", "dynamic-range", "float16"]
+    operating_point: OperatingPoint
     signature: str = SIGNATURE_NAME
     training_data: list[TrainingData]
+    held_out: dict[str, list[Any]] = Field(
+        default_factory=dict, description="data set -> row numbers or record ids never used in training"
+    )
     metrics: dict[str, Any]
     notes: list[str] = Field(default_factory=list)
 
@@ -81,11 +105,17 @@ class Bundle:
     def version(self) -> str:
         return self.manifest.version
 
-    def path(self, role: str) -> Path:
-        return self.directory / self.manifest.files[role].path
+    def task(self, task: str) -> TaskModel:
+        if task not in TASKS:
+            raise KeyError(f"unknown task {task!r}; expected one of {TASKS}")
+        return getattr(self.manifest, task)
 
-    def sha256(self, role: str) -> str:
-        return self.manifest.files[role].sha256
+    def path(self, task: str, kind: str) -> Path:
+        """Return the file of `task` ('triage' or 'deterioration') and `kind` ('keras' or 'tflite')."""
+        return self.directory / getattr(self.task(task), kind).path
+
+    def sha256(self, task: str, kind: str) -> str:
+        return getattr(self.task(task), kind).sha256
 
     def __repr__(self) -> str:
         return f"Bundle({self.directory}, version={self.version!r})"
@@ -99,6 +129,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(path=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
 def default_bundle_dir() -> Path:
     """Return the folder of the default bundle named by `trained_models/default`."""
     pointer = TRAINED_MODELS_DIR / DEFAULT_POINTER
@@ -109,12 +143,7 @@ def default_bundle_dir() -> Path:
     return TRAINED_MODELS_DIR / version
 
 
-def load_bundle(directory: str | Path | None = None, roles: tuple[str, ...] = ("tflite",)) -> Bundle:
-    """Read a bundle's manifest and check the sha256 of each file in `roles`.
-
-    Raises BundleError naming the folder, the file and what to do.
-    """
-    folder = Path(directory) if directory is not None else default_bundle_dir()
+def read_manifest(folder: Path) -> Manifest:
     manifest_path = folder / MANIFEST_NAME
     try:
         raw = manifest_path.read_text(encoding="utf-8")
@@ -123,20 +152,37 @@ def load_bundle(directory: str | Path | None = None, roles: tuple[str, ...] = ("
             f"no {MANIFEST_NAME} in {folder}; point to a bundle folder built by `make train`"
         ) from None
     try:
-        manifest = Manifest.model_validate(json.loads(raw))
+        return Manifest.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise BundleError(f"{manifest_path} is not a valid bundle manifest: {exc}") from exc
 
-    if manifest.feature_spec != FEATURE_SPEC or tuple(manifest.feature_names) != FEATURE_NAMES:
-        raise BundleError(
-            f"bundle {manifest.version} expects features {manifest.feature_spec!r} but this software "
-            f"computes {FEATURE_SPEC!r}; install a bundle built for this release"
-        )
 
-    for role in roles:
-        entry = manifest.files.get(role)
-        if entry is None:
-            raise BundleError(f"bundle {manifest.version} in {folder} has no {role!r} file")
+def load_bundle(
+    directory: str | Path | None = None,
+    files: tuple[tuple[str, str], ...] = (("triage", "tflite"), ("deterioration", "tflite")),
+) -> Bundle:
+    """Read a bundle's manifest and check the sha256 of each (task, kind) file in `files`.
+
+    Raises BundleError naming the folder, the file and what to do.
+    """
+    folder = Path(directory) if directory is not None else default_bundle_dir()
+    manifest = read_manifest(folder)
+
+    expected = {
+        "triage": (FEATURE_SPEC, FEATURE_NAMES),
+        "deterioration": (DETERIORATION_FEATURE_SPEC, DETERIORATION_FEATURE_NAMES),
+    }
+    for task, (spec, names) in expected.items():
+        model = getattr(manifest, task)
+        if model.feature_spec != spec or tuple(model.feature_names) != names:
+            raise BundleError(
+                f"bundle {manifest.version}: the {task} model expects features {model.feature_spec!r} "
+                f"but this software computes {spec!r}; install a bundle built for this release"
+            )
+
+    bundle = Bundle(folder, manifest)
+    for task, kind in files:
+        entry = getattr(bundle.task(task), kind)
         path = folder / entry.path
         if not path.is_file():
             raise BundleError(f"bundle {manifest.version}: {path} is missing; reinstall the bundle")
@@ -146,4 +192,4 @@ def load_bundle(directory: str | Path | None = None, roles: tuple[str, ...] = ("
                 f"bundle {manifest.version}: {path} has sha256 {actual[:12]}..., manifest says "
                 f"{entry.sha256[:12]}...; the file is corrupt or was altered, reinstall the bundle"
             )
-    return Bundle(folder, manifest)
+    return bundle

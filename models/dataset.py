@@ -46,9 +46,7 @@ def build_ktas_matrix(visits: list[KtasVisit]) -> KtasMatrix:
     )
 
 
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into train and test, keeping each label's share; every row is one patient."""
     rng = np.random.default_rng(seed)
     train: list[int] = []

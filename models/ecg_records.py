@@ -26,7 +26,6 @@ wfdb and scipy are imported inside the functions that need them; training import
 edge agent does not.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -124,7 +123,6 @@ class BeatLabels:
     artifact_spans: tuple[tuple[int, int], ...]
 
 
-
 # --- loading -----------------------------------------------------------------------------------------
 
 
@@ -141,7 +139,7 @@ def load_rhythm_records(data_dir: Path) -> list[EcgRecord]:
     annotation = wfdb.rdann(str(header.with_suffix("")), "atr")
     beats = tuple(
         (int(sample), symbol in VENTRICULAR_SYMBOLS)
-        for sample, symbol in zip(annotation.sample, annotation.symbol)
+        for sample, symbol in zip(annotation.sample, annotation.symbol, strict=False)
         if symbol in BEAT_SYMBOLS
     )
     records.append(
@@ -223,7 +221,7 @@ def _detected_record(
     labels = label_beats(signal, fs_hz)
     beats = tuple(
         (int(sample), bool(is_ventricular))
-        for sample, is_ventricular in zip(labels.samples, labels.is_ventricular)
+        for sample, is_ventricular in zip(labels.samples, labels.is_ventricular, strict=False)
     )
     return EcgRecord(
         name=name,

@@ -8,6 +8,7 @@ module for `prepare_strip_image`, so only numpy and Pillow are imported at modul
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -62,7 +63,6 @@ PAPER_LEVEL = _luma(PAPER_RGB)
 MINOR_LINE_LEVEL = _luma(MINOR_LINE_RGB)
 MAJOR_LINE_LEVEL = _luma(MAJOR_LINE_RGB)
 INK_LEVEL = _luma(INK_RGB)
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +124,9 @@ def render_strip(
     canvas = Image.fromarray(_paper(canvas_height, canvas_width, px_per_mm, phase_mm), mode="L")
     ink = rng.uniform(0.03, 0.2) if photo else INK_LEVEL
     line_width = max(int(round(TRACE_WIDTH_MM * px_per_mm)), 1)
-    ImageDraw.Draw(canvas).line(list(zip(x.tolist(), y.tolist())), fill=int(round(ink * 255)), width=line_width)
+    ImageDraw.Draw(canvas).line(
+        list(zip(x.tolist(), y.tolist(), strict=False)), fill=int(round(ink * 255)), width=line_width
+    )
 
     # Image.reduce averages blocks of pixels, the same box filter that prepare_strip_image uses.
     # The photo's tilt is applied halfway down, where it costs a quarter as much and the 2 x 2
@@ -158,7 +160,9 @@ def _grid_profile(pixels: int, px_per_mm: float, phase_mm: float) -> np.ndarray:
     return np.round(np.minimum(minor, major) * 255).astype(np.uint8)
 
 
-def _resample_window(signal: np.ndarray, fs: float, start_s: float, seconds: float, points: int) -> np.ndarray:
+def _resample_window(
+    signal: np.ndarray, fs: float, start_s: float, seconds: float, points: int
+) -> np.ndarray:
     """Return `points` evenly spaced values over the window, low-pass filtered first when downsampling."""
     rate_hz = (points - 1) / seconds
     taps = 0
@@ -386,10 +390,14 @@ def strip_dataset(
             if any(span_start < end_s and span_end > start_s for span_start, span_end in spans_s):
                 skipped += 1
                 continue
-            inside = (beat_times_s - BEAT_HALF_WIDTH_S >= start_s) & (beat_times_s + BEAT_HALF_WIDTH_S <= end_s)
+            inside = (beat_times_s - BEAT_HALF_WIDTH_S >= start_s) & (
+                beat_times_s + BEAT_HALF_WIDTH_S <= end_s
+            )
             count = int((inside & ventricular).sum())
 
-            images.append(render_strip(record.signal_mv, record.fs_hz, float(start_s), seconds=seconds, rng=rng))
+            images.append(
+                render_strip(record.signal_mv, record.fs_hz, float(start_s), seconds=seconds, rng=rng)
+            )
             labels.append(1 if count else 0)
             patients.append(record.patient_id)
             starts.append(float(start_s))
@@ -413,3 +421,29 @@ def strip_dataset(
         start_times_s=np.asarray(starts, dtype=np.float64),
         ventricular_counts=np.asarray(counts, dtype=np.int32),
     )
+
+
+# --- transport ------------------------------------------------------------------------------------
+
+
+def encode_strip_png(image: np.ndarray) -> str:
+    """Return a prepared strip image as base64 PNG (8-bit grey), for a triage result message."""
+    grey = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey, mode="L").save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_strip_png(text: str) -> np.ndarray:
+    """Decode `encode_strip_png` output into a float32 image in [0, 1]; raise ValueError if invalid."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+        with Image.open(io.BytesIO(raw)) as opened:
+            grey = np.asarray(opened.convert("L"), dtype=np.float32) / 255.0
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"ecg_strip_png is not a base64 PNG image: {exc}") from exc
+    if grey.shape != (STRIP_HEIGHT, STRIP_WIDTH):
+        raise ValueError(
+            f"ecg_strip_png is {grey.shape[1]}x{grey.shape[0]} pixels, expected {STRIP_WIDTH}x{STRIP_HEIGHT}"
+        )
+    return grey

@@ -21,7 +21,7 @@ from models.complaints import GROUP_NAMES, complaint_groups
 from models.scores import NEWS2_PARAMETERS, consciousness_of, news2, qsofa, shock_index
 from protocol import Consciousness, News2Score, PatientContext, VitalsFrame
 
-FEATURE_SPEC = "triage-snapshot-v2"
+FEATURE_SPEC = "triage-snapshot-v3"
 
 # Vital sign -> (centre, scale): roughly the adult normal value and a typical spread.
 VITAL_SCALES: dict[str, tuple[float, float]] = {
@@ -52,7 +52,9 @@ def _feature_names() -> tuple[str, ...]:
     names += ["shock_index", "qsofa", "news2_total", "news2_red_parameter"]
     names += [f"news2_{parameter}" for parameter in NEWS2_PARAMETERS]
     names += ["age", "age_missing", "sex_male", "sex_missing", "injury", "injury_missing"]
-    names += ["pain_nrs", "pain_missing", "complaint_missing"]
+    names += ["pain_nrs", "pain_missing", "arrival_ambulance", "arrival_walk_in", "arrival_missing"]
+    names += ["spo2_below_92", "sbp_at_most_90", "sirs_criteria", "severe_pain", "not_alert"]
+    names += ["complaint_missing"]
     names += [f"complaint_{group}" for group in GROUP_NAMES]
     return tuple(names)
 
@@ -104,6 +106,31 @@ def extract_features(window: Sequence[VitalsFrame]) -> np.ndarray:
     return features_from_summary(summarize_window(window))
 
 
+def _triage_flags(latest: VitalsFrame, level: Consciousness | None, pain: int | None) -> list[float]:
+    """Return flags for the physiological modifiers triage scales use on top of the complaint.
+
+    SpO2 below 92% and SBP of 90 mmHg or less are the hypoxia and hypotension cut-offs at which NEWS2 scores
+    3 (RCP NEWS2 2017, chart 1: SpO2 <= 91, SBP <= 90). The SIRS criteria are heart rate > 90/min,
+    respiratory rate > 20/min and temperature > 38 or < 36 degC (Bone RC et al., ACCP/SCCM consensus
+    conference, Chest 1992;101(6):1644-1655); a white cell count is not known before hospital, so at
+    most three are counted. Pain of 8 or more on the 0-10 numeric rating scale counts as severe.
+    """
+    sirs = 0
+    if latest.hr_bpm is not None and latest.hr_bpm > 90:
+        sirs += 1
+    if latest.rr_per_min is not None and latest.rr_per_min > 20:
+        sirs += 1
+    if latest.temp_c is not None and (latest.temp_c > 38 or latest.temp_c < 36):
+        sirs += 1
+    return [
+        float(latest.spo2_pct is not None and latest.spo2_pct < 92),
+        float(latest.sbp_mmhg is not None and latest.sbp_mmhg <= 90),
+        sirs / 3,
+        float(pain is not None and pain >= 8),
+        float(level is not None and level != Consciousness.ALERT),
+    ]
+
+
 def features_from_summary(summary: WindowSummary) -> np.ndarray:
     latest = summary.latest
     values: list[float] = []
@@ -130,6 +157,12 @@ def features_from_summary(summary: WindowSummary) -> np.ndarray:
     values += [0.0, 1.0] if context.injury is None else [float(context.injury), 0.0]
     pain = context.pain_nrs
     values += [0.0, 1.0] if pain is None else [pain / 10, 0.0]
+    arrival = context.arrival_mode
+    if arrival is None:
+        values += [0.0, 0.0, 1.0]
+    else:
+        values += [float(arrival == "ambulance"), float(arrival == "walk-in"), 0.0]
+    values += _triage_flags(latest, level, pain)
     groups = complaint_groups(context.chief_complaint)
     values.append(1.0 if context.chief_complaint is None else 0.0)
     values += [float(group in groups) for group in GROUP_NAMES]

@@ -40,6 +40,17 @@ REQUIRED_COLUMNS = (
 
 # Codebook S2: Arrival mode 2 is a public (119) ambulance, 4 a private ambulance.
 AMBULANCE_ARRIVAL_MODES = frozenset({2, 4})
+# Codebook S2 arrival modes: 1 walk, 2 public ambulance, 3 private vehicle, 4 private ambulance,
+# 5 police or public transport, 6 wheelchair, 7 other.
+ARRIVAL_MODE_NAMES = {
+    1: "walk-in",
+    2: "ambulance",
+    3: "private-vehicle",
+    4: "ambulance",
+    5: "other",
+    6: "other",
+    7: "other",
+}
 # Codebook S2: Mental 1 alert, 2 verbal, 3 pain, 4 unresponsive (AVPU).
 MENTAL_TO_CONSCIOUSNESS = {
     1: Consciousness.ALERT,
@@ -91,6 +102,7 @@ class KtasVisit:
             chief_complaint=self.chief_complaint,
             injury=self.injury,
             pain_nrs=self.nrs_pain,
+            arrival_mode=ARRIVAL_MODE_NAMES[self.arrival_mode],  # type: ignore[arg-type]
         )
 
     def frame_values(self) -> dict[str, Any]:

@@ -1,18 +1,20 @@
 """TFLite inference through LiteRT's signature runner, without TensorFlow.
 
 `ai-edge-litert` is the maintained runtime; `tflite_runtime` (which stopped at 2.14) is the fallback on
-devices where only it exists. Outputs are read by name from the signature, never by tensor position.
+devices where only it exists. Inputs and outputs are addressed by name through the signature, never by
+tensor position.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.bundle import ACUITY_OUTPUT, INPUT_NAME, SIGNATURE_NAME, TYPE_OUTPUT
+from models.bundle import SIGNATURE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,10 @@ def _interpreter_class() -> tuple[Any, str]:
         ) from None
 
 
-class TriageInterpreter:
-    """One TFLite triage model, ready to score feature vectors."""
+class SignatureModel:
+    """One TFLite model with a `serving_default` signature whose tensor names are checked on load."""
 
-    def __init__(self, model_path: Path, num_threads: int = 1):
+    def __init__(self, model_path: Path, inputs: Iterable[str], outputs: Iterable[str], num_threads: int = 1):
         interpreter_class, self.runtime = _interpreter_class()
         try:
             self._interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads)
@@ -50,18 +52,16 @@ class TriageInterpreter:
             raise ValueError(f"{model_path} is not a loadable TFLite model: {exc}") from exc
         signatures = self._interpreter.get_signature_list()
         if SIGNATURE_NAME not in signatures:
+            raise ValueError(f"{model_path} has signatures {sorted(signatures)}, expected {SIGNATURE_NAME!r}")
+        found_inputs = set(signatures[SIGNATURE_NAME]["inputs"])
+        found_outputs = set(signatures[SIGNATURE_NAME]["outputs"])
+        if found_inputs != set(inputs) or not set(outputs) <= found_outputs:
             raise ValueError(
-                f"{model_path} has signatures {sorted(signatures)}, expected {SIGNATURE_NAME!r}"
-            )
-        outputs = set(signatures[SIGNATURE_NAME]["outputs"])
-        if not {ACUITY_OUTPUT, TYPE_OUTPUT} <= outputs:
-            raise ValueError(
-                f"{model_path} outputs {sorted(outputs)}, expected {ACUITY_OUTPUT!r} and {TYPE_OUTPUT!r}"
+                f"{model_path} has inputs {sorted(found_inputs)} and outputs {sorted(found_outputs)}, "
+                f"expected inputs {sorted(inputs)} and outputs {sorted(outputs)}"
             )
         self._runner = self._interpreter.get_signature_runner(SIGNATURE_NAME)
 
-    def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Score a [rows, features] float32 batch; return acuity and emergency-type probabilities."""
-        batch = np.atleast_2d(np.asarray(features, dtype=np.float32))
-        outputs = self._runner(**{INPUT_NAME: batch})
-        return np.asarray(outputs[ACUITY_OUTPUT]), np.asarray(outputs[TYPE_OUTPUT])
+    def run(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a batch; every input's first dimension is the batch."""
+        return {name: np.asarray(value) for name, value in self._runner(**inputs).items()}

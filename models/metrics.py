@@ -104,3 +104,31 @@ def min_sensitivity_ppv(positive: np.ndarray, predicted: np.ndarray) -> float:
 def prevalence_threshold(training_scores: np.ndarray, prevalence: float) -> float:
     """Score above which the same share of training cases is flagged as the outcome's prevalence."""
     return float(np.quantile(training_scores, 1 - prevalence))
+
+
+def acuity_report(
+    true_level: np.ndarray,
+    predicted_level: np.ndarray,
+    urgent_score: np.ndarray,
+    urgent_probability: np.ndarray | None = None,
+) -> dict[str, object]:
+    """Accuracy, macro F1, under- and over-triage, urgent AUROC, calibration and confusion matrix.
+
+    `urgent_score` ranks patients for the AUROC; `urgent_probability`, when the rater gives one, is
+    also checked for calibration (expected calibration error of P(KTAS 1-2)).
+    """
+    levels = np.array((1, 2, 3, 4, 5))
+    urgent = true_level <= URGENT_ACUITY_MAX
+    return {
+        "rows": int(len(true_level)),
+        "urgent_rows": int(urgent.sum()),
+        "accuracy": round(accuracy(true_level, predicted_level), 4),
+        "macro_f1": round(macro_f1(true_level, predicted_level, levels), 4),
+        "under_triage_rate": round(under_triage_rate(true_level, predicted_level), 4),
+        "over_triage_rate": round(over_triage_rate(true_level, predicted_level), 4),
+        "urgent_auroc": round(auroc(urgent, urgent_score), 4),
+        "ece": None
+        if urgent_probability is None
+        else round(expected_calibration_error(urgent, urgent_probability), 4),
+        "confusion_matrix": confusion_matrix(true_level, predicted_level, levels),
+    }

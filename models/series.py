@@ -44,6 +44,9 @@ LEVEL_STATISTICS = (
     "min", "max", "mean", "last", "recent_mean", "early_min", "early_max", "late_min", "late_max", "late_mean",
 )  # fmt: skip
 STATISTICS = (*LEVEL_STATISTICS, "change", "std", "share_low", "share_high")
+# The deterioration model learned from ICU histories of dozens to hundreds of frames; below this many
+# frames an incident has no history to speak of, and neither the edge nor the hub reports a risk.
+MIN_HISTORY_FRAMES = 3
 MAX_VALUES_PER_VITAL = 10_000  # an ambulance monitor at one frame per second for about 2.8 hours
 
 # Median GCS of each ACVPU level (Kelly et al., Ann Emerg Med 2004;44(2):108-113), used when a crew

@@ -1,31 +1,85 @@
-"""From model probabilities to a triage decision, identically on the edge and the hub."""
+"""From model outputs to a triage decision, identically on the edge, the hub and in evaluation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.features import WindowSummary
 from models.scores import news2_acuity_floor
-from protocol import EMERGENCY_TYPES, EmergencyType, ModelInfo, News2Score, Scores
+from protocol import EMERGENCY_TYPES, URGENT_ACUITY_MAX, EmergencyType, ModelInfo, News2Score, Scores
+
+# A strip flagged for ventricular ectopy makes the patient at least KTAS 3. This floor is this
+# project's choice, not a published rule: frequent ventricular ectopy needs a monitored bed and an
+# ECG review, but is not an emergency on its own.
+ECTOPY_ACUITY_FLOOR = 3
 
 
-def scores_from_probabilities(
+class OperatingPoint(BaseModel):
+    """Decision thresholds chosen on development data and shipped in the bundle's manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urgent_threshold: float = Field(
+        gt=0, lt=1, description="P(KTAS 1-2) at or above which a patient is urgent"
+    )
+    ectopy_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="P(ventricular ectopy) that flags a strip"
+    )
+    deterioration_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="risk at or above which a history is flagged as deteriorating"
+    )
+    chosen_on: str = Field(default="", description="how the thresholds were chosen")
+
+
+def model_level(acuity: Sequence[float] | np.ndarray, urgent_probability: float, threshold: float) -> int:
+    """Return the KTAS level at the operating point: the likelier of 1-2 if urgent, else of 3-5."""
+    probabilities = np.asarray(acuity, dtype=np.float64)
+    if urgent_probability >= threshold:
+        return 1 + int(np.argmax(probabilities[:URGENT_ACUITY_MAX]))
+    return URGENT_ACUITY_MAX + 1 + int(np.argmax(probabilities[URGENT_ACUITY_MAX:]))
+
+
+def model_levels(acuity: np.ndarray, urgent: np.ndarray, threshold: float) -> np.ndarray:
+    """Vectorised `model_level` for a batch: acuity [rows, 5], urgent [rows]."""
+    urgent_level = 1 + np.argmax(acuity[:, :URGENT_ACUITY_MAX], axis=1)
+    routine_level = URGENT_ACUITY_MAX + 1 + np.argmax(acuity[:, URGENT_ACUITY_MAX:], axis=1)
+    return np.where(urgent >= threshold, urgent_level, routine_level)
+
+
+def _distribution(values: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
+    array = np.clip(np.asarray(values, dtype=np.float64), 0, 1)
+    total = array.sum()
+    return array / total if total > 0 else np.full(size, 1 / size)
+
+
+def scores_from_outputs(
     acuity: Sequence[float] | np.ndarray,
+    urgent_probability: float,
     emergency_type: Sequence[float] | np.ndarray,
+    operating_point: OperatingPoint,
     model: ModelInfo | None,
+    ventricular_ectopy: float | None = None,
+    deterioration_risk: float | None = None,
 ) -> Scores:
-    """Wrap one row of model output; probabilities are renormalised to absorb int8 rounding."""
-    acuity_array = np.clip(np.asarray(acuity, dtype=np.float64), 0, 1)
-    type_array = np.clip(np.asarray(emergency_type, dtype=np.float64), 0, 1)
-    acuity_array = acuity_array / acuity_array.sum() if acuity_array.sum() > 0 else np.full(5, 0.2)
-    type_array = type_array / type_array.sum() if type_array.sum() > 0 else np.full(len(EMERGENCY_TYPES), 1 / 6)
+    """Wrap one row of model outputs; probabilities are renormalised to absorb int8 rounding."""
+    acuity_array = _distribution(acuity, 5)
+    type_array = _distribution(emergency_type, len(EMERGENCY_TYPES))
+    urgent = float(np.clip(urgent_probability, 0, 1))
     return Scores(
         acuity_probabilities=[round(float(p), 4) for p in acuity_array],
+        urgent_probability=round(urgent, 4),
+        model_acuity=model_level(acuity_array, urgent, operating_point.urgent_threshold),
         emergency_type_probabilities={
-            emergency_type: round(float(p), 4) for emergency_type, p in zip(EMERGENCY_TYPES, type_array, strict=True)
+            emergency_type: round(float(p), 4)
+            for emergency_type, p in zip(EMERGENCY_TYPES, type_array, strict=True)
         },
+        ventricular_ectopy_probability=None
+        if ventricular_ectopy is None
+        else round(float(ventricular_ectopy), 4),
+        deterioration_risk=None if deterioration_risk is None else round(float(deterioration_risk), 4),
         model=model,
     )
 
@@ -34,14 +88,31 @@ def news2_only_scores(summary: WindowSummary) -> Scores:
     """Scores for when no model is usable: all weight on the NEWS2 floor level, type unknown."""
     floor = news2_acuity_floor(summary.news2)
     acuity = [1.0 if level == floor else 0.0 for level in range(1, 6)]
-    types = [1.0 if emergency_type == EmergencyType.OTHER else 0.0 for emergency_type in EMERGENCY_TYPES]
-    return scores_from_probabilities(acuity, types, model=None)
+    return Scores(
+        acuity_probabilities=acuity,
+        urgent_probability=1.0 if floor <= URGENT_ACUITY_MAX else 0.0,
+        model_acuity=floor,
+        emergency_type_probabilities={
+            emergency_type: 1.0 if emergency_type == EmergencyType.OTHER else 0.0
+            for emergency_type in EMERGENCY_TYPES
+        },
+        model=None,
+    )
 
 
-def final_acuity(scores: Scores, news2: News2Score) -> tuple[int, bool]:
-    """Return the KTAS level to act on and whether the NEWS2 safety floor raised it."""
-    model_level = scores.model_acuity
+def final_acuity(
+    scores: Scores, news2: News2Score, operating_point: OperatingPoint | None = None
+) -> tuple[int, bool]:
+    """Return the KTAS level to act on and whether a safety floor made it more urgent.
+
+    The floors are NEWS2's (always) and a flagged ventricular-ectopy strip's (when an image was scored).
+    """
+    level = scores.model_acuity
     floor = news2_acuity_floor(news2)
-    if floor < model_level:
+    ectopy = scores.ventricular_ectopy_probability
+    threshold = operating_point.ectopy_threshold if operating_point is not None else 0.5
+    if ectopy is not None and ectopy >= threshold:
+        floor = min(floor, ECTOPY_ACUITY_FLOOR)
+    if floor < level:
         return floor, True
-    return model_level, False
+    return level, False

@@ -12,8 +12,10 @@ from protocol.messages import (
     News2Score,
     PatientContext,
     Scores,
+    SeriesSummary,
     TriageResult,
     VitalsFrame,
+    VitalStats,
     parse_message,
 )
 
@@ -29,7 +31,9 @@ __all__ = [
     "News2Score",
     "PatientContext",
     "Scores",
+    "SeriesSummary",
     "TriageResult",
     "VitalsFrame",
+    "VitalStats",
     "parse_message",
 ]

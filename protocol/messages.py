@@ -71,6 +71,7 @@ class PatientContext(_Contract):
     chief_complaint: str | None = Field(default=None, max_length=200)
     injury: bool | None = None
     pain_nrs: int | None = Field(default=None, ge=0, le=10, description="numeric rating scale 0-10")
+    arrival_mode: Literal["ambulance", "walk-in", "private-vehicle", "other"] | None = None
 
 
 class VitalsFrame(_Contract):
@@ -169,10 +170,24 @@ class ModelInfo(_Contract):
 
 
 class Scores(_Contract):
-    """One model's opinion: probabilities per KTAS level (index 0 is level 1) and per emergency type."""
+    """One model bundle's opinion of a patient.
 
-    acuity_probabilities: list[float] = Field(min_length=5, max_length=5)
+    `model_acuity` is the KTAS level the model's outputs give at the bundle's operating point, before
+    any safety floor: urgent (1-2) when `urgent_probability` reaches the bundle's threshold.
+    """
+
+    acuity_probabilities: list[float] = Field(
+        min_length=5, max_length=5, description="per KTAS level, index 0 is level 1"
+    )
+    urgent_probability: float = Field(ge=0, le=1, description="probability of KTAS 1-2")
+    model_acuity: int = Field(ge=1, le=5)
     emergency_type_probabilities: dict[EmergencyType, float]
+    ventricular_ectopy_probability: float | None = Field(
+        default=None, ge=0, le=1, description="from the ECG strip image; None without an image"
+    )
+    deterioration_risk: float | None = Field(
+        default=None, ge=0, le=1, description="probability of in-hospital death from the vitals history"
+    )
     model: ModelInfo | None = Field(description="None when no model was usable and NEWS2 alone scored")
 
     @field_validator("acuity_probabilities")
@@ -186,10 +201,6 @@ class Scores(_Contract):
     def _type_probabilities(cls, values: dict[EmergencyType, float]) -> dict[EmergencyType, float]:
         _check_distribution(list(values.values()))
         return values
-
-    @property
-    def model_acuity(self) -> int:
-        return 1 + max(range(5), key=lambda i: self.acuity_probabilities[i])
 
     @property
     def emergency_type(self) -> EmergencyType:
@@ -222,6 +233,14 @@ class TriageResult(_Contract):
     shock_index: float | None = Field(default=None, ge=0)
     inference_ms: float = Field(ge=0)
     destination_hospital_id: Identifier | None = None
+    series: SeriesSummary | None = Field(
+        default=None, description="the incident's vital-sign history, for the deterioration model"
+    )
+    ecg_strip_png: str | None = Field(
+        default=None,
+        max_length=200_000,
+        description="base64 PNG of the prepared ECG strip image the model scored, if the crew sent one",
+    )
 
     @model_validator(mode="after")
     def _window_matches(self) -> TriageResult:

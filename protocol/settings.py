@@ -39,7 +39,9 @@ def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def load_settings(model: type[Settings], path: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(
+    model: type[Settings], path: Path | None, overrides: dict[str, Any] | None = None
+) -> Settings:
     """Read a TOML file (if any), apply overrides and validate against `model`."""
     data: dict[str, Any] = {}
     if path is not None:

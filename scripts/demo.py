@@ -42,7 +42,9 @@ class Ambulance:
 AMBULANCES = (
     Ambulance("amb-01", "st-marys", ["--replay", "ktas", "--replay-start", "0", "--replay-interval", "2"]),
     Ambulance("amb-02", "st-marys", ["--replay", "ktas", "--replay-start", "120", "--replay-interval", "2"]),
-    Ambulance("amb-03", "city-general", ["--replay", "ktas", "--replay-start", "240", "--replay-interval", "2"]),
+    Ambulance(
+        "amb-03", "city-general", ["--replay", "ktas", "--replay-start", "240", "--replay-interval", "2"]
+    ),
     # One recorded ICU hour per second: a 48-hour stay plays in under a minute.
     Ambulance("amb-04", "city-general", ["--replay", "physionet", "--replay-speed", "3600"]),
 )
@@ -205,8 +207,17 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
             processes.append(
                 Process(
                     hospital,
-                    [python, "-m", "cloud_hub.hospital_listener", "--hospital", hospital,
-                     "--amqp-port", str(node.amqp_port), "--record", str(run_dir / f"alerts-{hospital}.jsonl")],
+                    [
+                        python,
+                        "-m",
+                        "cloud_hub.hospital_listener",
+                        "--hospital",
+                        hospital,
+                        "--amqp-port",
+                        str(node.amqp_port),
+                        "--record",
+                        str(run_dir / f"alerts-{hospital}.jsonl"),
+                    ],
                     run_dir / f"listener-{hospital}.log",
                     echo=True,
                 )  # fmt: skip
@@ -237,10 +248,7 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
 
         def caught_up() -> bool:
             summary = summarize(run_dir, AMBULANCES, duration_s)
-            return (
-                summary["lost"] == 0
-                and summary["alerts_delivered"] >= summary["alerts_stored_by_hub"]
-            )
+            return summary["lost"] == 0 and summary["alerts_delivered"] >= summary["alerts_stored_by_hub"]
 
         _wait_for(caught_up, 30, "the hub to store every result and the hospitals to receive every alert")
     finally:
@@ -257,7 +265,9 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of replay (default: 60)")
-    parser.add_argument("--summary", type=Path, default=PROJECT_DIR / "demo-summary.json", help="summary file")
+    parser.add_argument(
+        "--summary", type=Path, default=PROJECT_DIR / "demo-summary.json", help="summary file"
+    )
     parser.add_argument("--keep-node", action="store_true", help="leave the demo's RabbitMQ node running")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -115,10 +115,16 @@ class RabbitNode:
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the node unless it already runs; return once AMQP and MQTT accept connections."""
         if self.is_running():
-            log.info("node %s already running (AMQP %d, MQTT %d)", self.node_name, self.amqp_port, self.mqtt_port)
+            log.info(
+                "node %s already running (AMQP %d, MQTT %d)", self.node_name, self.amqp_port, self.mqtt_port
+            )
             return
         ensure_installed()
-        for port, what in ((self.amqp_port, "AMQP"), (self.mqtt_port, "MQTT"), (self.dist_port, "Erlang distribution")):
+        for port, what in (
+            (self.amqp_port, "AMQP"),
+            (self.mqtt_port, "MQTT"),
+            (self.dist_port, "Erlang distribution"),
+        ):
             if _port_open(port):
                 raise NodeError(
                     f"{what} port {port} is already in use by another process; stop it or pick other "
@@ -194,7 +200,9 @@ class RabbitNode:
 
     def status(self) -> str:
         if self.is_running():
-            return f"{self.node_name} running: AMQP 127.0.0.1:{self.amqp_port}, MQTT 127.0.0.1:{self.mqtt_port}"
+            return (
+                f"{self.node_name} running: AMQP 127.0.0.1:{self.amqp_port}, MQTT 127.0.0.1:{self.mqtt_port}"
+            )
         return f"{self.node_name} not running"
 
 

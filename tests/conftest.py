@@ -27,7 +27,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def rabbit_node() -> Iterator["RabbitNode"]:  # noqa: F821
+def rabbit_node() -> Iterator[RabbitNode]:  # noqa: F821
     """A RabbitMQ node with the MQTT plugin, private to this test session, on its own ports."""
     from scripts.rabbitmq_node import RabbitNode
 

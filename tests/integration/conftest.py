@@ -36,7 +36,7 @@ CRITICAL = {
 NORMAL = {
     "hr_bpm": 72, "rr_per_min": 14, "spo2_pct": 98, "sbp_mmhg": 124, "dbp_mmhg": 78, "temp_c": 36.8,
     "consciousness": Consciousness.ALERT, "supplemental_oxygen": False,
-    "context": {"age_years": 30, "sex": "female", "chief_complaint": "ankle pain", "injury": True, "pain_nrs": 3},
+    "context": {"age_years": 25, "sex": "female", "chief_complaint": "finger laceration", "injury": True, "pain_nrs": 2},
 }  # fmt: skip
 
 
@@ -44,7 +44,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, step: Callable[[], None] | None = None) -> bool:
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float, step: Callable[[], None] | None = None
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
@@ -144,10 +146,14 @@ class LocalAgent:
         self.outbox.close()
 
 
-def make_agent(device_id: str, mqtt_port: int, outbox_path: Path, scorer: EdgeScorer, hospital_id: str) -> LocalAgent:
+def make_agent(
+    device_id: str, mqtt_port: int, outbox_path: Path, scorer: EdgeScorer, hospital_id: str
+) -> LocalAgent:
     events: queue.Queue[UplinkEvent] = queue.Queue()
     uplink = MqttUplink(
-        MqttSettings(host="127.0.0.1", port=mqtt_port, client_id=device_id, reconnect_min_s=1, reconnect_max_s=2),
+        MqttSettings(
+            host="127.0.0.1", port=mqtt_port, client_id=device_id, reconnect_min_s=1, reconnect_max_s=2
+        ),
         events,
     )
     outbox = Outbox(outbox_path)
@@ -155,7 +161,9 @@ def make_agent(device_id: str, mqtt_port: int, outbox_path: Path, scorer: EdgeSc
     return LocalAgent(agent, outbox, uplink)
 
 
-def read_queue(amqp_port: int, queue_name: str, max_messages: int = 1000) -> list[tuple[pika.spec.BasicProperties, bytes, str]]:
+def read_queue(
+    amqp_port: int, queue_name: str, max_messages: int = 1000
+) -> list[tuple[pika.spec.BasicProperties, bytes, str]]:
     """Fetch and acknowledge the messages now in a queue, as (properties, body, routing key)."""
     connection = pika.BlockingConnection(pika.ConnectionParameters(port=amqp_port))
     messages = []

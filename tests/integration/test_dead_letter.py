@@ -42,7 +42,9 @@ def test_malformed_messages_dead_lettered_with_reason(rabbit_node, hub, edge_sco
             triage_topic(device),
             [b"{not json", json.dumps(impossible).encode()],
         )
-        publish_raw(rabbit_node.mqtt_port, unique("raw"), triage_topic("someone-else"), [json.dumps(spoofed).encode()])
+        publish_raw(
+            rabbit_node.mqtt_port, unique("raw"), triage_topic("someone-else"), [json.dumps(spoofed).encode()]
+        )
         assert wait_until(lambda: hub.service.counters.dead_lettered >= 3, 15)
 
         # The hub is still serving: a valid result that follows is stored.

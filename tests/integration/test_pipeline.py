@@ -12,7 +12,9 @@ from .conftest import CRITICAL, NORMAL, make_agent, read_queue, unique, wait_unt
 
 def test_critical_frame_becomes_hospital_alert(rabbit_node, hub, edge_scorer, tmp_path: Path) -> None:
     device = unique("amb")
-    local = make_agent(device, rabbit_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hub.hospital_id)
+    local = make_agent(
+        device, rabbit_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hub.hospital_id
+    )
     try:
         local.uplink.start()
         critical = local.agent.handle_frame("incident-critical", CRITICAL)
@@ -49,7 +51,9 @@ def test_critical_frame_becomes_hospital_alert(rabbit_node, hub, edge_scorer, tm
 
 def test_redelivered_result_alerts_once(rabbit_node, hub, edge_scorer, tmp_path: Path) -> None:
     device = unique("amb")
-    local = make_agent(device, rabbit_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hub.hospital_id)
+    local = make_agent(
+        device, rabbit_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hub.hospital_id
+    )
     try:
         local.uplink.start()
         result = local.agent.handle_frame("incident-1", CRITICAL)
@@ -57,7 +61,9 @@ def test_redelivered_result_alerts_once(rabbit_node, hub, edge_scorer, tmp_path:
         # The same row published again, as after a restart that lost the PUBACK.
         assert wait_until(lambda: local.uplink.connected, 5)
         local.uplink.publish(local.agent.topic, result.model_dump_json())
-        assert wait_until(lambda: hub.service.counters.duplicates >= 1, 15, step=lambda: local.agent.pump(0.05))
+        assert wait_until(
+            lambda: hub.service.counters.duplicates >= 1, 15, step=lambda: local.agent.pump(0.05)
+        )
     finally:
         local.close()
 

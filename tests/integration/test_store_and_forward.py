@@ -20,7 +20,9 @@ RESULTS = 20
 @pytest.fixture
 def late_node(tmp_path: Path):
     """A second node, on ports of its own, that the test starts only when it wants the broker up."""
-    node = RabbitNode(name="ambulance-late", amqp_port=5688, mqtt_port=1899, dist_port=25688, data_dir=tmp_path / "node")
+    node = RabbitNode(
+        name="ambulance-late", amqp_port=5688, mqtt_port=1899, dist_port=25688, data_dir=tmp_path / "node"
+    )
     if node.is_running():
         node.stop()
     yield node
@@ -28,7 +30,9 @@ def late_node(tmp_path: Path):
     shutil.rmtree(tmp_path / "node", ignore_errors=True)
 
 
-def test_results_kept_offline_then_delivered_once(late_node: RabbitNode, edge_scorer, hub_scorer, tmp_path: Path) -> None:
+def test_results_kept_offline_then_delivered_once(
+    late_node: RabbitNode, edge_scorer, hub_scorer, tmp_path: Path
+) -> None:
     device = unique("amb")
     hospital = unique("hospital")
     local = make_agent(device, late_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hospital)
@@ -60,5 +64,8 @@ def test_results_kept_offline_then_delivered_once(late_node: RabbitNode, edge_sc
     assert hub.store.result_keys() == expected
     assert hub.service.counters.stored == RESULTS
     assert hub.service.counters.duplicates == 0
-    alerts = [parse_message(HospitalAlert, body) for _, body, _ in read_queue(late_node.amqp_port, hospital_queue(hospital))]
+    alerts = [
+        parse_message(HospitalAlert, body)
+        for _, body, _ in read_queue(late_node.amqp_port, hospital_queue(hospital))
+    ]
     assert sorted(alert.sequence for alert in alerts) == [0, 4, 8, 12, 16]

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +36,25 @@ def bundle_copy(tmp_path: Path) -> Path:
     return target
 
 
+ALL_FILES = (
+    ("triage", "keras"),
+    ("triage", "tflite"),
+    ("deterioration", "keras"),
+    ("deterioration", "tflite"),
+)
+
+
 def test_default_bundle_verifies() -> None:
-    bundle = load_bundle(roles=("keras", "tflite"))
-    assert bundle.manifest.feature_spec
-    assert len(bundle.manifest.feature_names) == FEATURE_COUNT
-    assert bundle.manifest.tflite_quantization in {"int8", "dynamic-range", "float16"}
+    bundle = load_bundle(files=ALL_FILES)
+    assert len(bundle.manifest.triage.feature_names) == FEATURE_COUNT
+    assert bundle.manifest.triage.tflite_quantization in {"int8", "dynamic-range", "float16"}
     assert bundle.manifest.training_data[0].rows == 1014
+    assert 0 < bundle.manifest.operating_point.urgent_threshold < 1
+    assert len(bundle.manifest.held_out["ktas_rows"]) == 202
 
 
 def test_corrupt_model_file_rejected(bundle_copy: Path) -> None:
-    model = bundle_copy / "model.tflite"
+    model = bundle_copy / "triage.tflite"
     model.write_bytes(model.read_bytes()[:-10])
     with pytest.raises(BundleError, match="corrupt or was altered"):
         load_bundle(bundle_copy)
@@ -53,7 +62,7 @@ def test_corrupt_model_file_rejected(bundle_copy: Path) -> None:
 
 def test_manifest_for_other_features_rejected(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    manifest["feature_spec"] = "something-else"
+    manifest["triage"]["feature_spec"] = "something-else"
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="expects features"):
         load_bundle(bundle_copy)
@@ -75,7 +84,7 @@ def test_edge_scorer_scores_with_model() -> None:
 
 
 def test_corrupt_model_falls_back_to_news2(bundle_copy: Path, caplog) -> None:
-    (bundle_copy / "model.tflite").write_bytes(b"not a model")
+    (bundle_copy / "triage.tflite").write_bytes(b"not a model")
     scorer = EdgeScorer(bundle_copy)
     assert scorer.model is None
     assert "NEWS2 alone" in caplog.text
@@ -86,8 +95,6 @@ def test_corrupt_model_falls_back_to_news2(bundle_copy: Path, caplog) -> None:
 
 def test_edge_and_hub_models_agree(data_dir: Path) -> None:
     from cloud_hub.scoring import HubScorer
-
-    from models.dataset import build_ktas_matrix
     from models.ktas import load_ktas
 
     visits = load_ktas(data_dir / "ktas" / "triage-moon-2019.csv").visits[:200]
@@ -98,7 +105,41 @@ def test_edge_and_hub_models_agree(data_dir: Path) -> None:
     hub_levels = np.array([s.model_acuity for s in hub.score(summaries)])
     edge_levels = np.array([edge.assess([f]).scores.model_acuity for f in frames])
     assert np.mean(hub_levels == edge_levels) >= 0.98
-    assert build_ktas_matrix(visits).features.shape == (200, FEATURE_COUNT)
+
+
+def test_image_path_runs_with_and_without_strip(data_dir: Path) -> None:
+    from models.ecg_records import load_rhythm_records
+    from models.ecg_strips import render_strip
+
+    records = {record.patient_id: record for record in load_rhythm_records(data_dir)}
+    ectopic = records["mitdb/208"]
+    # A strip from the last quarter of the 208 excerpt, which the ECG branch never trained on.
+    start_s = next(
+        sample / ectopic.fs_hz - 3
+        for sample, ventricular in ectopic.beats
+        if ventricular and sample / ectopic.fs_hz > 240
+    )
+    image = render_strip(ectopic.signal_mv, ectopic.fs_hz, start_s)
+    scorer = EdgeScorer()
+    without = scorer.assess([critical_frame()])
+    with_strip = scorer.assess([critical_frame()], ecg_image=image)
+    assert without.scores.ventricular_ectopy_probability is None
+    assert with_strip.scores.ventricular_ectopy_probability is not None
+    assert with_strip.scores.ventricular_ectopy_probability > 0.5
+    # The image changes only the ectopy output, never the acuity heads.
+    assert with_strip.scores.acuity_probabilities == without.scores.acuity_probabilities
+
+
+def test_deterioration_risk_needs_a_history() -> None:
+    from models.series import summarize_frames
+
+    scorer = EdgeScorer()
+    frames = [critical_frame().model_copy(update={"timestamp": NOW + timedelta(minutes=m)}) for m in range(5)]
+    short = scorer.assess(frames[:1], history=summarize_frames(frames[:1]))
+    longer = scorer.assess(frames, history=summarize_frames(frames))
+    assert short.scores.deterioration_risk is None
+    assert longer.scores.deterioration_risk is not None
+    assert 0 <= longer.scores.deterioration_risk <= 1
 
 
 def test_edge_agent_never_imports_tensorflow() -> None:

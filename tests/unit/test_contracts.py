@@ -29,13 +29,22 @@ NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
 def make_frame(**changes) -> VitalsFrame:
-    values = {"device_id": "amb-1", "incident_id": "inc-1", "timestamp": NOW, "hr_bpm": 90, "sbp_mmhg": 120, "dbp_mmhg": 80}
+    values = {
+        "device_id": "amb-1",
+        "incident_id": "inc-1",
+        "timestamp": NOW,
+        "hr_bpm": 90,
+        "sbp_mmhg": 120,
+        "dbp_mmhg": 80,
+    }
     return VitalsFrame(**{**values, **changes})
 
 
 def make_result(**changes) -> TriageResult:
     scores = Scores(
         acuity_probabilities=[0.1, 0.2, 0.4, 0.2, 0.1],
+        urgent_probability=0.3,
+        model_acuity=3,
         emergency_type_probabilities={t: 1 / 6 for t in EmergencyType},
         model=None,
     )
@@ -108,6 +117,8 @@ def test_probabilities_must_sum_to_one() -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         Scores(
             acuity_probabilities=[0.5, 0.5, 0.5, 0.0, 0.0],
+            urgent_probability=0.5,
+            model_acuity=2,
             emergency_type_probabilities={t: 1 / 6 for t in EmergencyType},
             model=None,
         )

@@ -59,7 +59,12 @@ def sinus_like_signal(fs: float, seconds: float = 20.0) -> np.ndarray:
 
 
 def test_records_rates_and_leads(records: dict[str, EcgRecord]) -> None:
-    expected = {"100": (360.0, "MLII"), "208": (360.0, "MLII"), "a103l": (250.0, "II"), "s0010_re": (1000.0, "ii")}
+    expected = {
+        "100": (360.0, "MLII"),
+        "208": (360.0, "MLII"),
+        "a103l": (250.0, "II"),
+        "s0010_re": (1000.0, "ii"),
+    }
     assert set(records) == set(expected)
     for name, (fs_hz, lead) in expected.items():
         record = records[name]
@@ -381,4 +386,6 @@ def test_import_without_tensorflow_or_wfdb() -> None:
         "sys.exit(1 if loaded else 0)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_DIR)
-    assert result.returncode == 0, f"models.ecg_strips imported {result.stdout.strip()}: {result.stderr[-500:]}"
+    assert result.returncode == 0, (
+        f"models.ecg_strips imported {result.stdout.strip()}: {result.stderr[-500:]}"
+    )

@@ -16,7 +16,9 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def frame(seconds: float = 0, **values) -> VitalsFrame:
-    return VitalsFrame(device_id="amb-1", incident_id="inc-1", timestamp=NOW + timedelta(seconds=seconds), **values)
+    return VitalsFrame(
+        device_id="amb-1", incident_id="inc-1", timestamp=NOW + timedelta(seconds=seconds), **values
+    )
 
 
 def feature(vector: np.ndarray, name: str) -> float:
@@ -130,7 +132,11 @@ def test_abbreviation_matches_whole_words_only() -> None:
     [
         ("Unstable angina", False, EmergencyType.CARDIAC),
         ("Acute myocardial infarction, unspecified", False, EmergencyType.CARDIAC),
-        ("Cerebral infarction due to thrombosis of middle cerebral artery", False, EmergencyType.NEUROLOGICAL),
+        (
+            "Cerebral infarction due to thrombosis of middle cerebral artery",
+            False,
+            EmergencyType.NEUROLOGICAL,
+        ),
         ("Seizure", False, EmergencyType.NEUROLOGICAL),
         ("Community-acquired pneumonia", False, EmergencyType.RESPIRATORY),
         ("Dyspnoea", False, EmergencyType.RESPIRATORY),

@@ -22,6 +22,8 @@ def build(acuity: int = 3):
             window=[frame],
             scores=Scores(
                 acuity_probabilities=[0.2] * 5,
+                urgent_probability=0.4,
+                model_acuity=acuity,
                 emergency_type_probabilities={t: 1 / 6 for t in EmergencyType},
                 model=None,
             ),

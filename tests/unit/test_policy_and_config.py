@@ -12,12 +12,13 @@ from cloud_hub.config import load_config as load_hub_config
 from cloud_hub.policy import decide
 from edge_agent.config import load_config as load_agent_config
 from models.features import summarize_window
-from models.triage import final_acuity, scores_from_probabilities
+from models.triage import OperatingPoint, final_acuity, scores_from_outputs
 from protocol import Consciousness, EmergencyType, ModelInfo, TriageResult, VitalsFrame
 from protocol.settings import ConfigError
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MODEL = ModelInfo(version="test", sha256="0" * 64)
+OPERATING_POINT = OperatingPoint(urgent_threshold=0.5)
 
 
 def frame(**values) -> VitalsFrame:
@@ -26,11 +27,12 @@ def frame(**values) -> VitalsFrame:
     return VitalsFrame(device_id="amb-1", incident_id="inc-1", timestamp=NOW, **{**base, **values})
 
 
-def scores(level: int, emergency_type: EmergencyType = EmergencyType.CARDIAC):
+def scores(level: int, emergency_type: EmergencyType = EmergencyType.CARDIAC, ectopy: float | None = None):
     acuity = [0.02] * 5
     acuity[level - 1] = 0.92
     types = [0.9 if t == emergency_type else 0.02 for t in EmergencyType]
-    return scores_from_probabilities(acuity, types, MODEL)
+    urgent = 0.9 if level <= 2 else 0.1
+    return scores_from_outputs(acuity, urgent, types, OPERATING_POINT, MODEL, ventricular_ectopy=ectopy)
 
 
 def result_for(window: list[VitalsFrame], edge_level: int) -> TriageResult:
@@ -53,7 +55,9 @@ def test_routine_patient_not_alerted() -> None:
 
 def test_urgent_edge_alerts_with_both_scores() -> None:
     window = [frame()]
-    decision = decide(result_for(window, 2), summarize_window(window), scores(2, EmergencyType.RESPIRATORY), "h1")
+    decision = decide(
+        result_for(window, 2), summarize_window(window), scores(2, EmergencyType.RESPIRATORY), "h1"
+    )
     alert = decision.alert
     assert alert is not None
     assert alert.alert_id == "amb-1-3"
@@ -65,6 +69,33 @@ def test_urgent_edge_alerts_with_both_scores() -> None:
     assert not alert.disagreement
     assert "edge model KTAS 2" in alert.reason
     assert "hub model KTAS 2" in alert.reason
+
+
+def test_reason_lists_models_when_news2_decides() -> None:
+    window = [frame(consciousness=Consciousness.PAIN)]
+    decision = decide(result_for(window, 4), summarize_window(window), scores(4), "h1")
+    assert decision.alert is not None
+    assert "edge model KTAS 4" in decision.alert.reason
+    assert "hub model KTAS 4" in decision.alert.reason
+    assert "NEWS2 3, red: consciousness" in decision.alert.reason
+
+
+def test_ectopy_strip_raises_routine_patient_to_ktas3() -> None:
+    window = [frame()]
+    level, floored = final_acuity(scores(4, ectopy=0.8), summarize_window(window).news2, OPERATING_POINT)
+    assert level == 3
+    assert floored
+    level, floored = final_acuity(scores(4, ectopy=0.2), summarize_window(window).news2, OPERATING_POINT)
+    assert level == 4
+    assert not floored
+
+
+def test_operating_point_decides_urgency() -> None:
+    probabilities = [0.05, 0.15, 0.5, 0.2, 0.1]
+    low = scores_from_outputs(probabilities, 0.3, [1 / 6] * 6, OperatingPoint(urgent_threshold=0.25), MODEL)
+    high = scores_from_outputs(probabilities, 0.3, [1 / 6] * 6, OperatingPoint(urgent_threshold=0.35), MODEL)
+    assert low.model_acuity == 2  # urgent: the likelier of levels 1 and 2
+    assert high.model_acuity == 3  # routine: the likelier of levels 3 to 5
 
 
 def test_disagreement_flagged_and_most_urgent_wins() -> None:

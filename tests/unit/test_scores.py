@@ -49,7 +49,9 @@ def test_respiration_rate_bands(value: float, expected: int) -> None:
     assert news2(frame(rr_per_min=value)).subscores["respiration_rate"] == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [(85, 3), (91, 3), (92, 2), (93, 2), (94, 1), (95, 1), (96, 0), (100, 0)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(85, 3), (91, 3), (92, 2), (93, 2), (94, 1), (95, 1), (96, 0), (100, 0)]
+)
 def test_spo2_scale1_bands(value: float, expected: int) -> None:
     assert news2(frame(spo2_pct=value)).subscores["spo2"] == expected
 
@@ -82,7 +84,20 @@ def test_systolic_bp_bands(value: float, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(30, 3), (40, 3), (41, 1), (50, 1), (51, 0), (90, 0), (91, 1), (110, 1), (111, 2), (130, 2), (131, 3), (180, 3)],
+    [
+        (30, 3),
+        (40, 3),
+        (41, 1),
+        (50, 1),
+        (51, 0),
+        (90, 0),
+        (91, 1),
+        (110, 1),
+        (111, 2),
+        (130, 2),
+        (131, 3),
+        (180, 3),
+    ],
 )
 def test_pulse_bands(value: float, expected: int) -> None:
     assert news2(frame(hr_bpm=value)).subscores["pulse"] == expected
@@ -99,7 +114,18 @@ def test_consciousness_bands(level: Consciousness, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(34.0, 3), (35.0, 3), (35.1, 1), (36.0, 1), (36.1, 0), (38.0, 0), (38.1, 1), (39.0, 1), (39.1, 2), (41.0, 2)],
+    [
+        (34.0, 3),
+        (35.0, 3),
+        (35.1, 1),
+        (36.0, 1),
+        (36.1, 0),
+        (38.0, 0),
+        (38.1, 1),
+        (39.0, 1),
+        (39.1, 2),
+        (41.0, 2),
+    ],
 )
 def test_temperature_bands(value: float, expected: int) -> None:
     assert news2(frame(temp_c=value)).subscores["temperature"] == expected
