@@ -162,7 +162,11 @@ class EdgeAgent:
     # --- results to the broker ---------------------------------------------------------------
 
     def pump(self, timeout_s: float) -> None:
-        """Handle uplink events for up to `timeout_s`, then publish what is pending."""
+        """Publish what is pending, handle uplink events for up to `timeout_s`, then publish again.
+
+        Publishing first sends a new result at once instead of after the wait.
+        """
+        self._publish_pending()
         deadline = time.monotonic() + max(0.0, timeout_s)
         acked: list[int] = []
         while True:

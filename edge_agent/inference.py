@@ -1,7 +1,7 @@
 """On-board scoring: the bundle's TFLite models on an incident's window, history and ECG strip.
 
 The triage model scores the window's newest state (and the crew's ECG strip photo, when there is
-one); the deterioration model scores the incident's whole vitals history once it holds enough frames.
+one); the deterioration model scores the incident's whole vitals history once it has enough frames.
 The NEWS2 safety floor applies to every result. Without a usable bundle, NEWS2 scores alone.
 """
 

@@ -34,7 +34,7 @@ TABULAR_LOSS_WEIGHTS = {ACUITY_OUTPUT: 1.0, URGENT_OUTPUT: 1.0, TYPE_OUTPUT: 0.5
 def build_tabular_member(
     feature_count: int, name: str, hidden_units: int = 64, dropout: float = 0.2, learning_rate: float = 3e-3
 ) -> keras.Model:
-    """One member of the triage ensemble: shared dense layers, then acuity, urgent and type heads."""
+    """Build one member of the triage ensemble: shared dense layers, then acuity, urgent and type heads."""
     inputs = keras.Input(shape=(feature_count,), name=INPUT_NAME)
     regularizer = keras.regularizers.l2(1e-4)
     hidden = keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=regularizer)(inputs)
@@ -57,7 +57,7 @@ def build_tabular_member(
 
 
 def build_ecg_branch(height: int, width: int, learning_rate: float = 1e-3) -> keras.Model:
-    """A small CNN from a grey rhythm-strip image [height, width] to P(ventricular ectopy)."""
+    """Build a small CNN from a grey rhythm-strip image [height, width] to P(ventricular ectopy)."""
     image = keras.Input(shape=(height, width), name=ECG_IMAGE_INPUT)
     x = keras.layers.Reshape((height, width, 1))(image)
     # Dark ink on light paper: invert so the trace, not the paper, carries the activation.
@@ -84,7 +84,7 @@ def _mean(tensors: list, name: str):  # noqa: ANN001, ANN202 - Keras symbolic te
 
 
 def compose_triage_model(members: list[keras.Model], ecg_branch: keras.Model) -> keras.Model:
-    """One model with three inputs: features, an ECG strip image and a flag saying whether it is real.
+    """Compose one model with three inputs: features, an ECG strip image and a flag marking a real one.
 
     The ectopy output is the branch's probability times the presence flag, so a patient without a
     strip gets 0 and the acuity, urgent and type outputs never depend on the image.

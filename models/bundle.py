@@ -189,7 +189,7 @@ def load_bundle(
         actual = sha256_file(path)
         if actual != entry.sha256:
             raise BundleError(
-                f"bundle {manifest.version}: {path} has sha256 {actual[:12]}..., manifest says "
+                f"bundle {manifest.version}: {path} has sha256 {actual[:12]}..., the manifest records "
                 f"{entry.sha256[:12]}...; the file is corrupt or was altered, reinstall the bundle"
             )
     return bundle

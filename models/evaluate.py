@@ -150,7 +150,9 @@ def _outcomes_file(folder: Path) -> Path:
         candidates = sorted(candidate_dir.glob("Outcomes*.txt"))
         if candidates:
             return candidates[0]
-    raise EvaluationError(f"no Outcomes*.txt in {folder} or {folder.parent}; it holds the in-hospital deaths")
+    raise EvaluationError(
+        f"Outcomes*.txt not found in {folder} or {folder.parent}; add the outcomes file with In-hospital_death"
+    )
 
 
 def _stay_folder(folder: Path) -> Path:

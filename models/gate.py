@@ -50,7 +50,7 @@ def select_export(
     """Try each quantization in turn; `build(q)` exports with q and returns the export's levels.
 
     Returns the first quantization that passes and every result. float16 is kept even if it fails,
-    because nothing less aggressive remains; its result says so.
+    because nothing less aggressive remains, and its failed result is returned with the others.
     """
     results = []
     for quantization in QUANTIZATIONS:

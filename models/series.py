@@ -28,9 +28,11 @@ SERIES_SCALES: dict[str, tuple[float, float]] = {
     "spo2_pct": (96.0, 4.0),
     "gcs": (15.0, 4.0),
 }
-# Cut-offs for `share_low` and `share_high`: a measurement beyond them is abnormal. Pulse, respiration,
-# systolic pressure, temperature and SpO2 use the edges of the NEWS2 bands that score 2 or 3 (RCP
-# NEWS2 2017, chart 1); diastolic pressure and GCS cut-offs are this project's choice.
+# Cut-offs for `share_low` and `share_high`: a measurement below the first or above the second is
+# abnormal. Pulse, respiration, systolic pressure, temperature and SpO2 follow the NEWS2 bands (RCP
+# NEWS2 2017, chart 1): pulse <= 50 or >= 111, respiration <= 8 or >= 25, systolic <= 100 or >= 220,
+# temperature <= 35.0 or >= 39.1 and SpO2 <= 93 all score 1 to 3 points. The diastolic and GCS
+# cut-offs are this project's choice.
 ABNORMAL_CUTOFFS: dict[str, tuple[float, float]] = {
     "hr_bpm": (51, 110),
     "rr_per_min": (9, 24),

@@ -13,7 +13,11 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 def run_evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "models.evaluate", *args], capture_output=True, text=True, cwd=PROJECT_DIR, timeout=300
+        [sys.executable, "-m", "models.evaluate", *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+        timeout=300,
     )
 
 
