@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.config import ConfigError, HubConfig, load_config
+from cloud_hub.logs import configure_logging
 
 log = logging.getLogger("cloud_hub")
 
@@ -38,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="default_hospital_id",
         help="hospital for results without one (default_hospital_id)",
     )
+    run.add_argument(
+        "--http-port", type=int, help="port of the board, probes and metrics; 0 disables (http_port)"
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
@@ -52,10 +57,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "bundle_dir": args.bundle_dir,
         "hospitals": args.hospitals,
         "default_hospital_id": args.default_hospital_id,
+        "http_port": args.http_port,
     }
 
 
 def run(config: HubConfig) -> int:
+    from cloud_hub.http import HttpServer
     from cloud_hub.scoring import HubScorer
     from cloud_hub.service import HubService
     from cloud_hub.store import HubStore
@@ -72,21 +79,21 @@ def run(config: HubConfig) -> int:
     store = HubStore(config.store_url)
     scorer = HubScorer(config.bundle_dir)
     service = HubService(config, store, scorer)
+    http = HttpServer(service, config.http_host, config.http_port) if config.http_port else None
+    if http is not None:
+        http.start()
     try:
         service.run(stop)
     finally:
+        if http is not None:
+            http.stop()
         store.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pika logs every failed connection attempt at ERROR with a traceback; the services log one line.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    configure_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     try:
         if args.command == "check-config":
             config = load_config(args.config)

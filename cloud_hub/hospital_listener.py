@@ -1,10 +1,12 @@
-"""`hospital-listener`: print one line per pre-alert that reaches one hospital.
+"""`hospital-listener`: print one line per pre-alert, update or cancellation that reaches one hospital.
 
     hospital-listener --hospital general-hospital --amqp-port 5672 [--record alerts.jsonl]
+                      [--acknowledge-after 20]
 
-The hospital's queue is durable, so alerts sent while the listener is down wait for it. Each alert
-is acknowledged after it is printed (and recorded), and an alert id seen before is reported as a
-duplicate instead of printed again.
+The hospital's queue is durable, so messages sent while the listener is down wait for it. Each is
+taken off the queue after it is printed (and recorded); a message seen before is reported as a
+duplicate instead of printed again. With --acknowledge-after the listener also answers each new alert
+with an acknowledgement, as a charge nurse would, so the hub stops re-sending it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,36 @@ import pika.exceptions
 
 from cloud_hub.broker import describe_error
 from cloud_hub.topology import declare_hospital_queue
-from protocol import ContractError, HospitalAlert, parse_message
-from protocol.topics import check_id
+from protocol import (
+    AlertCancellation,
+    AlertUpdate,
+    ContractError,
+    HospitalAck,
+    HospitalAlert,
+    HospitalMessage,
+    parse_message,
+)
+from protocol.topics import HOSPITAL_ACK_EXCHANGE, check_id, hospital_ack_routing_key
 
 log = logging.getLogger("hospital_listener")
 
 
-def format_alert(alert: HospitalAlert, latency_ms: float) -> str:
+def format_message(message: HospitalAlert | AlertUpdate | AlertCancellation, latency_ms: float | None) -> str:
+    """Render a hospital message as one line a charge nurse can read at a glance."""
+    when = f"{message.created_at.astimezone(UTC):%H:%M:%S}"
+    if isinstance(message, AlertCancellation):
+        return f"{when} CANCEL {message.alert_id} from {message.device_id} ({message.incident_id}): {message.reason}"
+    line = format_alert(message, latency_ms or 0.0)
+    if isinstance(message, AlertUpdate):
+        return line.replace(" ALERT ", f" UPDATE (was KTAS {message.previous_acuity}) ", 1)
+    if message.escalated_from:
+        return line.replace(" ALERT ", f" ESCALATED from {message.escalated_from} ", 1)
+    if message.attempt > 1:
+        return line.replace(" ALERT ", f" RESENT (attempt {message.attempt}) ", 1)
+    return line
+
+
+def format_alert(alert: HospitalAlert | AlertUpdate, latency_ms: float) -> str:
     """Render an alert as one line a charge nurse can read at a glance."""
     vitals = alert.vitals
     parts = []
@@ -58,8 +83,15 @@ def format_alert(alert: HospitalAlert, latency_ms: float) -> str:
 
 
 class HospitalListener:
-    def __init__(self, hospital_id: str, parameters: pika.ConnectionParameters, record: TextIO | None):
+    def __init__(
+        self,
+        hospital_id: str,
+        parameters: pika.ConnectionParameters,
+        record: TextIO | None,
+        acknowledge_after_s: float | None = None,
+    ):
         self.hospital_id = hospital_id
+        self.acknowledge_after_s = acknowledge_after_s
         self.parameters = parameters
         self.record = record
         self.seen: set[str] = set()
@@ -93,35 +125,59 @@ class HospitalListener:
     def _on_message(self, channel, method, properties, body: bytes) -> None:  # noqa: ANN001
         arrived = datetime.now(UTC)
         try:
-            alert = parse_message(HospitalAlert, body)
+            message = parse_message(HospitalMessage, body)
         except ContractError as exc:
-            log.error("unreadable alert rejected: %s", exc)
+            log.error("unreadable hospital message rejected: %s", exc)
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
-        latency_ms = (arrived - alert.frame_timestamp).total_seconds() * 1000
-        duplicate = alert.alert_id in self.seen
-        self.seen.add(alert.alert_id)
+        attempt = getattr(message, "attempt", 1)
+        key = f"{message.kind}:{message.alert_id}:{attempt}:{getattr(message, 'sequence', '')}"
+        duplicate = key in self.seen
+        self.seen.add(key)
         self.received += 1
+        latency_ms = None
+        if isinstance(message, HospitalAlert | AlertUpdate):
+            latency_ms = (arrived - message.frame_timestamp).total_seconds() * 1000
         if duplicate:
             self.duplicates += 1
-            log.warning("duplicate alert %s ignored", alert.alert_id)
+            log.warning("duplicate %s for alert %s ignored", message.kind, message.alert_id)
         else:
-            print(format_alert(alert, latency_ms), flush=True)
+            print(format_message(message, latency_ms), flush=True)
+            if isinstance(message, HospitalAlert) and self.acknowledge_after_s is not None:
+                channel.connection.call_later(
+                    self.acknowledge_after_s, lambda: self._acknowledge(channel, message.alert_id)
+                )
         if self.record is not None:
             entry = {
-                "alert_id": alert.alert_id,
-                "device_id": alert.device_id,
-                "sequence": alert.sequence,
-                "acuity": alert.acuity,
-                "emergency_type": alert.emergency_type.value,
-                "frame_timestamp": alert.frame_timestamp.isoformat(),
+                "kind": message.kind,
+                "alert_id": message.alert_id,
+                "device_id": message.device_id,
+                "sequence": getattr(message, "sequence", None),
+                "attempt": attempt,
+                "acuity": getattr(message, "acuity", None),
+                "emergency_type": getattr(getattr(message, "emergency_type", None), "value", None),
                 "received_at": arrived.isoformat(),
-                "latency_ms": round(latency_ms, 3),
+                "latency_ms": None if latency_ms is None else round(latency_ms, 3),
                 "duplicate": duplicate,
             }
             self.record.write(json.dumps(entry) + "\n")
             self.record.flush()
         channel.basic_ack(method.delivery_tag)
+
+    def _acknowledge(self, channel, alert_id: str) -> None:  # noqa: ANN001
+        ack = HospitalAck(
+            alert_id=alert_id,
+            hospital_id=self.hospital_id,
+            acknowledged_at=datetime.now(UTC),
+            acknowledged_by=f"{self.hospital_id}-listener",
+        )
+        channel.basic_publish(
+            HOSPITAL_ACK_EXCHANGE,
+            hospital_ack_routing_key(self.hospital_id),
+            ack.model_dump_json().encode(),
+            pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent),
+        )
+        print(f"{ack.acknowledged_at:%H:%M:%S} ACK    {alert_id} by {ack.acknowledged_by}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--amqp-username", default="guest", help="AMQP user; password from $HOSPITAL_AMQP_PASSWORD"
     )
-    parser.add_argument("--record", type=Path, help="append each alert as a JSON line to this file")
+    parser.add_argument("--record", type=Path, help="append each message as a JSON line to this file")
+    parser.add_argument(
+        "--acknowledge-after",
+        type=float,
+        metavar="SECONDS",
+        help="acknowledge each new alert this many seconds after it arrives, as staff would (default: never)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -161,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     record = args.record.open("a", encoding="utf-8") if args.record else None
     try:
-        HospitalListener(args.hospital, parameters, record).run(stop)
+        HospitalListener(args.hospital, parameters, record, args.acknowledge_after).run(stop)
     finally:
         if record is not None:
             record.close()

@@ -1,21 +1,51 @@
-"""Alert policy: whether a triage result warrants a hospital pre-alert, and the alert itself."""
+"""Alert policy: whether a triage result warrants a hospital pre-alert, and which message it causes.
+
+`assess` combines the edge's scores, the hub's scores and NEWS2 into one urgency; `plan` decides,
+against the alerts the incident already has, between a new alert, an update, a suppressed repeat and
+a re-routing; `build_alert` writes the message with the scores and model versions behind it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cloud_hub.store import ALERT_ACKNOWLEDGED, ALERT_DELIVERED, ALERT_PENDING, AlertRow
 from models.features import WindowSummary
 from models.scores import news2_acuity_floor
 from models.triage import OperatingPoint, final_acuity
-from protocol import URGENT_ACUITY_MAX, HospitalAlert, Scores, TriageResult
+from protocol import URGENT_ACUITY_MAX, EmergencyType, HospitalAlert, Scores, TrendPoint, TriageResult
+
+MAX_TREND_POINTS = 60
+
+
+@dataclass(frozen=True)
+class Assessment:
+    acuity: int  # the more urgent (lower) of the edge's and the hub's final KTAS levels
+    hub_acuity: int | None
+    emergency_type: EmergencyType
+    reason: str
+    disagreement: bool
+
+    @property
+    def urgent(self) -> bool:
+        return self.acuity <= URGENT_ACUITY_MAX
 
 
 @dataclass(frozen=True)
 class Decision:
-    acuity: int  # the more urgent (lower) of the edge's and the hub's final KTAS levels
+    acuity: int
     hub_acuity: int | None
     alert: HospitalAlert | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an urgent result does to the incident's alerts."""
+
+    action: str  # "new", "update", "suppress"
+    alert: AlertRow | None = None  # the alert updated or repeated
+    cancel: tuple[AlertRow, ...] = ()  # alerts at other hospitals to cancel: the crew re-routed
 
 
 def alert_id_for(result: TriageResult) -> str:
@@ -23,25 +53,19 @@ def alert_id_for(result: TriageResult) -> str:
     return f"{result.device_id}-{result.sequence}"
 
 
-def decide(
+def assess(
     result: TriageResult,
     summary: WindowSummary,
     hub_scores: Scores | None,
-    hospital_id: str,
     operating_point: OperatingPoint | None = None,
-    now: datetime | None = None,
-) -> Decision:
-    """Alert when the edge or the hub, each after the NEWS2 safety floor, finds the patient urgent.
-
-    The more urgent opinion wins: a missed urgent patient costs more than an unneeded pre-alert. NEWS2
-    is recomputed from the window here rather than trusted from the edge.
+) -> Assessment:
+    """Combine the opinions: the more urgent wins, because a missed urgent patient costs more than an
+    unneeded pre-alert. NEWS2 is recomputed from the window here rather than trusted from the edge.
     """
     floor = news2_acuity_floor(summary.news2)
     edge_acuity = min(result.acuity, floor)
     hub_acuity = None if hub_scores is None else final_acuity(hub_scores, summary.news2, operating_point)[0]
     acuity = edge_acuity if hub_acuity is None else min(edge_acuity, hub_acuity)
-    if acuity > URGENT_ACUITY_MAX:
-        return Decision(acuity, hub_acuity, None)
 
     # Every opinion is listed, urgent or not, so a reader sees when NEWS2 overruled both models.
     reasons = []
@@ -55,7 +79,8 @@ def decide(
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
     elif not reasons:
         reasons.append(f"edge KTAS {result.acuity}")
-    ectopy = (hub_scores or result.scores).ventricular_ectopy_probability
+    scores = hub_scores or result.scores
+    ectopy = scores.ventricular_ectopy_probability
     if ectopy is not None:
         threshold = operating_point.ectopy_threshold if operating_point else 0.5
         verdict = "ventricular ectopy" if ectopy >= threshold else "no ventricular ectopy"
@@ -63,24 +88,102 @@ def decide(
     disagreement = hub_acuity is not None and (
         (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)
     )
-    scores_for_type = hub_scores or result.scores
-    alert = HospitalAlert(
-        alert_id=alert_id_for(result),
+    return Assessment(acuity, hub_acuity, scores.emergency_type, "; ".join(reasons), disagreement)
+
+
+def trend_of(result: TriageResult) -> list[TrendPoint]:
+    frames = result.window[-MAX_TREND_POINTS:]
+    return [
+        TrendPoint(
+            timestamp=frame.timestamp,
+            hr_bpm=frame.hr_bpm,
+            rr_per_min=frame.rr_per_min,
+            spo2_pct=frame.spo2_pct,
+            sbp_mmhg=frame.sbp_mmhg,
+            dbp_mmhg=frame.dbp_mmhg,
+            temp_c=frame.temp_c,
+        )
+        for frame in frames
+    ]
+
+
+def build_alert(
+    result: TriageResult,
+    summary: WindowSummary,
+    assessment: Assessment,
+    hub_scores: Scores | None,
+    hospital_id: str,
+    *,
+    alert_id: str | None = None,
+    eta_minutes: float | None = None,
+    now: datetime | None = None,
+) -> HospitalAlert:
+    return HospitalAlert(
+        alert_id=alert_id or alert_id_for(result),
         hospital_id=hospital_id,
         device_id=result.device_id,
         incident_id=result.incident_id,
         sequence=result.sequence,
         created_at=now or datetime.now(UTC),
         frame_timestamp=result.frame_timestamp,
-        acuity=acuity,
-        emergency_type=scores_for_type.emergency_type,
-        reason="; ".join(reasons),
+        acuity=assessment.acuity,
+        emergency_type=assessment.emergency_type,
+        reason=assessment.reason,
         edge=result.scores,
         hub=hub_scores,
-        disagreement=disagreement,
+        disagreement=assessment.disagreement,
         news2=summary.news2,
         qsofa=summary.qsofa,
         shock_index=summary.shock_index,
         vitals=summary.latest,
+        trend=trend_of(result),
+        eta_minutes=eta_minutes,
     )
-    return Decision(acuity, hub_acuity, alert)
+
+
+def plan(
+    assessment: Assessment,
+    result: TriageResult,
+    hospital_id: str,
+    open_alerts: list[AlertRow],
+    suppression_window_s: float,
+    now: datetime,
+) -> Plan:
+    """Decide what an urgent result does, given the incident's alerts that are not cancelled.
+
+    - The crew named a destination other than a hospital already alerted: cancel those, alert anew.
+    - An alert of the same emergency type within the suppression window: an update if the patient
+      is now more urgent, otherwise nothing (the hospital already knows).
+    - Otherwise a new alert.
+    """
+    live = [row for row in open_alerts if row.state in (ALERT_PENDING, ALERT_DELIVERED, ALERT_ACKNOWLEDGED)]
+    chosen = result.destination_hospital_id
+    rerouted = tuple(
+        row for row in live if chosen is not None and row.hospital_id != chosen and row.escalation_of is None
+    )
+    if rerouted:
+        return Plan("new", cancel=rerouted)
+    same_type = [row for row in live if row.emergency_type == assessment.emergency_type.value]
+    if same_type:
+        newest = max(same_type, key=lambda row: row.created_at)
+        if (now - newest.created_at).total_seconds() < suppression_window_s:
+            if assessment.acuity < newest.acuity:
+                return Plan("update", alert=newest)
+            return Plan("suppress", alert=newest)
+    return Plan("new")
+
+
+def decide(
+    result: TriageResult,
+    summary: WindowSummary,
+    hub_scores: Scores | None,
+    hospital_id: str,
+    operating_point: OperatingPoint | None = None,
+    now: datetime | None = None,
+) -> Decision:
+    """Assess a result and build its alert if it is urgent, without looking at earlier alerts."""
+    assessment = assess(result, summary, hub_scores, operating_point)
+    if not assessment.urgent:
+        return Decision(assessment.acuity, assessment.hub_acuity, None)
+    alert = build_alert(result, summary, assessment, hub_scores, hospital_id, now=now)
+    return Decision(assessment.acuity, assessment.hub_acuity, alert)

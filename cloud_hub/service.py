@@ -1,48 +1,53 @@
-"""The hub's consumer: triage results in, re-scored and stored, hospital alerts out.
+"""The hub's AMQP side: consume in micro-batches, publish with confirms, acknowledge after both.
 
-For each delivery, in this order: parse (a malformed message is dead-lettered with its reason),
-re-score with the Keras model, store the result and any alert in one transaction, publish the alert
-with publisher confirms, and only then acknowledge the delivery. A crash at any step leaves the
-delivery unacknowledged, so RabbitMQ redelivers it, and the store's (device id, sequence) key turns
-the redelivery into a no-op apart from publishing an alert the broker never confirmed.
+One pika `SelectConnection` per connection attempt, driven by its I/O loop on the hub's main thread:
+- deliveries of the triage queue gather into a batch until it is full or `batch_wait_ms` passes, then
+  `HubEngine.process_batch` parses, re-scores, stores and returns the messages to publish;
+- messages go out on a confirm-mode channel; an input is acknowledged only when every hospital message
+  it caused has been confirmed (a malformed input, once its dead-letter copy is confirmed);
+- hospital acknowledgements arrive on their own queue; a timer re-sends, escalates and sweeps the
+  outbox for anything unsent.
+Other threads (the board's HTTP server) hand work to the loop with `call_in_loop`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-import numpy as np
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
-from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.broker import FATAL_ERRORS, RETRYABLE_ERRORS, describe_error
 from cloud_hub.config import HubConfig
-from cloud_hub.policy import decide
+from cloud_hub.engine import Delivery, HubEngine
+from cloud_hub.metrics import HubMetrics
 from cloud_hub.scoring import HubScorer
-from cloud_hub.store import HubStore
+from cloud_hub.store import HubStore, OutboxMessage
 from cloud_hub.topology import declare_hospital_queue, declare_hub_topology
-from models.ecg_strips import decode_strip_png
-from models.features import summarize_window
-from protocol import ContractError, HospitalAlert, TriageResult, parse_message
+from protocol import ContractError, HospitalAck, parse_message
 from protocol.topics import (
     DEAD_LETTER_EXCHANGE,
-    HOSPITAL_EXCHANGE,
+    HUB_ACK_QUEUE,
     HUB_TRIAGE_QUEUE,
+    MQTT_EXCHANGE,
     ORIGINAL_ROUTING_KEY_HEADER,
     REJECTION_REASON_HEADER,
-    device_id_from_routing_key,
-    hospital_routing_key,
 )
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_DRAIN_S = 10.0  # how long a stopping hub waits for confirms of what it already published
 
 
 @dataclass
@@ -50,24 +55,56 @@ class HubCounters:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
-    alerts_published: int = 0
     dead_lettered: int = 0
     requeued: int = 0
-    started_at: float = field(default_factory=time.monotonic)
+    hospital_messages_confirmed: int = 0
+
+    @property
+    def alerts_published(self) -> int:
+        return self.hospital_messages_confirmed
+
+
+@dataclass
+class _Pending:
+    """What a publish sequence number stands for until the broker confirms it."""
+
+    outbox_id: int | None = None
+    dead_letter_tag: int | None = None
+    kind: str = ""
 
 
 class HubService:
-    def __init__(self, config: HubConfig, store: HubStore, scorer: HubScorer):
+    def __init__(
+        self, config: HubConfig, store: HubStore, scorer: HubScorer, metrics: HubMetrics | None = None
+    ):
         self.config = config
         self.store = store
-        self.scorer = scorer
+        self.metrics = metrics or HubMetrics()
+        self.engine = HubEngine(config, store, scorer, self.metrics)
         self.counters = HubCounters()
-        self.hospitals = set(config.hospitals)
-        self._connection: pika.BlockingConnection | None = None
-        self._publish_channel: BlockingChannel | None = None
-        self._connected = False  # whether the current attempt got as far as consuming
+        self.ready = threading.Event()  # set while consuming
+        self._stop: threading.Event | None = None
+        self._connection: SelectConnection | None = None
+        self._reset_connection_state()
 
-    # --- connection management ---------------------------------------------------------------
+    def _reset_connection_state(self) -> None:
+        self._consume_channel: Channel | None = None
+        self._publish_channel: Channel | None = None
+        self._publish_sequence = 0
+        self._unconfirmed: dict[int, _Pending] = {}  # publish sequence -> what it carries
+        self._inflight_outbox: set[int] = set()
+        self._returned: set[str] = set()  # message ids the broker could not route
+        self._batch: list[Delivery] = []
+        self._batch_timer: object | None = None
+        self._waiting: dict[int, set[int]] = {}  # delivery tag -> outbox ids still unconfirmed
+        self._dependents: dict[int, set[int]] = {}  # outbox id -> delivery tags waiting on it
+        self._consumer_tags: list[str] = []
+        self._stopping = False
+        self._stop_started = 0.0
+        self.ready.clear()
+        self.metrics.connected.set(0)
+
+    # --- connection lifecycle ------------------------------------------------------------------
 
     def _parameters(self) -> pika.ConnectionParameters:
         amqp = self.config.amqp
@@ -82,182 +119,408 @@ class HubService:
         )
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set, reconnecting with capped exponential backoff and jitter."""
+        """Serve until `stop` is set, reconnecting with capped exponential backoff and jitter."""
+        self._stop = stop
         delay_s = self.config.reconnect_min_s
         amqp = self.config.amqp
         while not stop.is_set():
+            connected = False
             try:
-                self._consume(stop)
-                delay_s = self.config.reconnect_min_s
+                self._declare_topology()
+                connected = self._run_connection()
             except FATAL_ERRORS as exc:
                 log.error(
                     "broker %s:%d rejected the hub's credentials, not retrying: %r", amqp.host, amqp.port, exc
                 )
                 raise
             except RETRYABLE_ERRORS as exc:
-                jittered = random.uniform(delay_s / 2, delay_s)
-                what = "connection lost" if self._connected else "unreachable"
-                log.warning(
-                    "AMQP broker %s:%d %s (%s); retrying in %.1f s",
-                    amqp.host, amqp.port, what, describe_error(exc), jittered,
-                )  # fmt: skip
-                stop.wait(jittered)
-                delay_s = min(delay_s * 2, self.config.reconnect_max_s)
-            finally:
-                self._close()
+                log.warning("AMQP broker %s:%d unreachable (%s)", amqp.host, amqp.port, describe_error(exc))
+            if stop.is_set():
+                break
+            if connected:
+                delay_s = self.config.reconnect_min_s
+            jittered = random.uniform(delay_s / 2, delay_s)
+            log.warning("reconnecting to AMQP broker %s:%d in %.1f s", amqp.host, amqp.port, jittered)
+            stop.wait(jittered)
+            delay_s = min(delay_s * 2, self.config.reconnect_max_s)
         log.info("hub stopped: %s", self._summary())
 
-    def _consume(self, stop: threading.Event) -> None:
-        amqp = self.config.amqp
-        log.info("connecting to AMQP broker %s:%d", amqp.host, amqp.port)
-        self._connected = False
-        self._connection = pika.BlockingConnection(self._parameters())
-        consume_channel = self._connection.channel()
-        declare_hub_topology(consume_channel)
-        for hospital_id in self.config.hospitals:
-            declare_hospital_queue(consume_channel, hospital_id)
-        self._publish_channel = self._connection.channel()
-        self._publish_channel.confirm_delivery()
-        consume_channel.basic_qos(prefetch_count=amqp.prefetch)
-        consume_channel.basic_consume(HUB_TRIAGE_QUEUE, self._on_message, auto_ack=False)
-        self._connected = True
-        log.info(
-            "hub consuming %s (prefetch %d), serving hospitals %s",
-            HUB_TRIAGE_QUEUE, amqp.prefetch, ", ".join(self.config.hospitals),
-        )  # fmt: skip
-        next_report = time.monotonic() + self.config.report_every_s
-        while not stop.is_set():
-            self._connection.process_data_events(time_limit=0.2)
-            if time.monotonic() >= next_report:
-                log.info("hub status: %s", self._summary())
-                next_report = time.monotonic() + self.config.report_every_s
-        # Unacknowledged deliveries return to the queue when the channel closes.
-        consume_channel.stop_consuming()
+    def _declare_topology(self) -> None:
+        """Declare queues and exchanges on a short blocking connection before consuming."""
+        connection = pika.BlockingConnection(self._parameters())
+        try:
+            channel = connection.channel()
+            declare_hub_topology(channel)
+            for hospital in self.config.hospitals:
+                declare_hospital_queue(channel, hospital.id)
+        finally:
+            if connection.is_open:
+                connection.close()
 
-    def _close(self) -> None:
-        if self._connection is not None and self._connection.is_open:
-            try:
-                self._connection.close()
-            except RETRYABLE_ERRORS:
-                pass
+    def _run_connection(self) -> bool:
+        """Run one connection's I/O loop until it closes; return whether it got as far as consuming."""
+        self._reset_connection_state()
+        self._open_failure: BaseException | None = None
+        self._consumed = False
+        self._connection = SelectConnection(
+            self._parameters(),
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_open_error,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._connection.ioloop.start()
         self._connection = None
-        self._publish_channel = None
+        self._reset_connection_state()
+        if self._open_failure is not None:
+            raise self._open_failure
+        return self._consumed
+
+    def _on_connection_open(self, connection: SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_publish_channel_open)
+
+    def _on_connection_open_error(self, connection: SelectConnection, error: BaseException) -> None:
+        self._open_failure = (
+            error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(error)
+        )
+        connection.ioloop.stop()
+
+    def _on_connection_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        if self._stopping or (self._stop is not None and self._stop.is_set()):
+            log.info("connection to the broker closed")
+        else:
+            log.warning(
+                "connection to the broker lost (%s); %d deliveries were unacknowledged and return to the queue",
+                describe_error(reason), len(self._waiting) + len(self._batch),
+            )  # fmt: skip
+        connection.ioloop.stop()
+
+    def _on_publish_channel_open(self, channel: Channel) -> None:
+        self._publish_channel = channel
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._open_consume_channel())
+
+    def _open_consume_channel(self) -> None:
+        assert self._connection is not None
+        self._connection.channel(on_open_callback=self._on_consume_channel_open)
+
+    def _on_consume_channel_open(self, channel: Channel) -> None:
+        self._consume_channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        assert self._publish_channel is not None
+        self._publish_channel.add_on_close_callback(self._on_channel_closed)
+        channel.basic_qos(
+            prefetch_count=self.config.amqp.prefetch, callback=lambda _frame: self._start_consuming()
+        )
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if not self._stopping and self._connection is not None and self._connection.is_open:
+            log.error(
+                "AMQP channel %d closed (%s); reconnecting", channel.channel_number, describe_error(reason)
+            )
+            self._connection.close()
+
+    def _start_consuming(self) -> None:
+        assert self._consume_channel is not None and self._connection is not None
+        self._consumer_tags = [
+            self._consume_channel.basic_consume(HUB_TRIAGE_QUEUE, self._on_triage_delivery),
+            self._consume_channel.basic_consume(HUB_ACK_QUEUE, self._on_ack_delivery),
+        ]
+        self._consumed = True
+        self.ready.set()
+        self.metrics.connected.set(1)
+        amqp = self.config.amqp
+        log.info(
+            "hub consuming %s and %s on %s:%d (prefetch %d, batches of up to %d in %.1f ms), hospitals %s",
+            HUB_TRIAGE_QUEUE, HUB_ACK_QUEUE, amqp.host, amqp.port, amqp.prefetch, self.config.batch_size,
+            self.config.batch_wait_ms, ", ".join(h.id for h in self.config.hospitals),
+        )  # fmt: skip
+        self._sweep_outbox()
+        self._connection.ioloop.call_later(self.config.escalation_check_s, self._on_timer)
+        self._connection.ioloop.call_later(self.config.report_every_s, self._on_report)
+        self._connection.ioloop.call_later(0.2, self._watch_stop)
+
+    # --- other threads ------------------------------------------------------------------------
+
+    def call_in_loop(self, work: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+        """Run `work` on the hub's I/O loop thread and return its result; raise if not connected."""
+        connection = self._connection
+        if connection is None or not self.ready.is_set():
+            raise RuntimeError("the hub is not connected to the broker")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(work())
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        connection.ioloop.add_callback_threadsafe(run)
+        return future.result(timeout=timeout_s)
+
+    def acknowledge(self, ack: HospitalAck) -> None:
+        """Record an acknowledgement from the board and publish its feedback (any thread)."""
+        self.call_in_loop(lambda: self._publish(self.engine.handle_ack(ack)))
+
+    # --- triage deliveries ----------------------------------------------------------------------
+
+    def _on_triage_delivery(
+        self, channel: Channel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+    ) -> None:
+        self.counters.received += 1
+        self._batch.append(Delivery(method.delivery_tag, method.routing_key, body))
+        if len(self._batch) >= self.config.batch_size:
+            self._flush_batch()
+        elif self._batch_timer is None:
+            assert self._connection is not None
+            self._batch_timer = self._connection.ioloop.call_later(
+                self.config.batch_wait_ms / 1000, self._flush_batch
+            )
+
+    def _flush_batch(self) -> None:
+        if self._batch_timer is not None and self._connection is not None:
+            self._connection.ioloop.remove_timeout(self._batch_timer)
+        self._batch_timer = None
+        batch, self._batch = self._batch, []
+        if not batch or self._consume_channel is None:
+            return
+        try:
+            outcome = self.engine.process_batch(batch)
+        except Exception:  # noqa: BLE001 - a bug must not take the hub down; the queue's delivery limit ends loops
+            log.exception("processing a batch of %d failed; deliveries requeued", len(batch))
+            for delivery in batch:
+                self._consume_channel.basic_nack(delivery.tag, requeue=True)
+            self.counters.requeued += len(batch)
+            return
+
+        for delivery, reason in outcome.dead_letters:
+            self._dead_letter(delivery, reason)
+        for delivery in outcome.requeue:
+            self._consume_channel.basic_nack(delivery.tag, requeue=True)
+        self.counters.requeued += len(outcome.requeue)
+        for delivery in outcome.ack_now:
+            self._consume_channel.basic_ack(delivery.tag)
+        for tag, outbox_ids in outcome.waiting.items():
+            self._waiting[tag] = set(outbox_ids)
+            for outbox_id in outbox_ids:
+                self._dependents.setdefault(outbox_id, set()).add(tag)
+        self.counters.stored += outcome.stored
+        self.counters.duplicates += outcome.duplicates
+        self._publish(outcome.publish)
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Publish a copy to the dead-letter exchange with the reason; ack the original once confirmed."""
+        log.error("dead-lettered message from %s: %s", delivery.routing_key, reason)
+        self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
+        self.counters.dead_lettered += 1
+        assert self._publish_channel is not None
+        self._publish_sequence += 1
+        message_id = f"dead-letter-{delivery.tag}-{self._publish_sequence}"
+        self._unconfirmed[self._publish_sequence] = _Pending(dead_letter_tag=delivery.tag, kind="dead_letter")
+        self._publish_channel.basic_publish(
+            exchange=DEAD_LETTER_EXCHANGE,
+            routing_key=delivery.routing_key,
+            body=delivery.body,
+            properties=BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=message_id,
+                headers={
+                    REJECTION_REASON_HEADER: reason[:4000],
+                    ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,
+                    "x-rejected-at": datetime.now(UTC).isoformat(),
+                },
+            ),
+            mandatory=True,
+        )
+
+    # --- publishing and confirms ----------------------------------------------------------------
+
+    def _publish(self, messages: list[OutboxMessage]) -> None:
+        channel = self._publish_channel
+        if channel is None or not channel.is_open:
+            return  # they stay unsent in the outbox; the next connection's sweep sends them
+        for message in messages:
+            if message.id in self._inflight_outbox:
+                continue
+            self._publish_sequence += 1
+            self._unconfirmed[self._publish_sequence] = _Pending(outbox_id=message.id, kind=message.kind)
+            self._inflight_outbox.add(message.id)
+            # Feedback goes to amq.topic for MQTT subscribers; an ambulance that never subscribed
+            # makes it unroutable, which is no error, so only hospital messages are mandatory.
+            channel.basic_publish(
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                body=message.body.encode(),
+                properties=BasicProperties(
+                    content_type="application/json",
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=f"outbox-{message.id}",
+                    type=message.kind,
+                ),
+                mandatory=message.exchange != MQTT_EXCHANGE,
+            )
+        self.metrics.unconfirmed.set(len(self._unconfirmed))
+
+    def _on_return(
+        self, channel: Channel, method: Basic.Return, properties: BasicProperties, body: bytes
+    ) -> None:
+        log.error(
+            "broker returned %s sent to %s with key %s: %s", properties.message_id, method.exchange,
+            method.routing_key, method.reply_text,
+        )  # fmt: skip
+        if properties.message_id:
+            self._returned.add(properties.message_id)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, Basic.Ack)
+        if method.multiple:
+            sequences = [s for s in self._unconfirmed if s <= method.delivery_tag]
+        else:
+            sequences = [method.delivery_tag] if method.delivery_tag in self._unconfirmed else []
+        confirmed: list[int] = []
+        for sequence in sequences:
+            pending = self._unconfirmed.pop(sequence)
+            message_id = (
+                f"outbox-{pending.outbox_id}" if pending.outbox_id is not None
+                else f"dead-letter-{pending.dead_letter_tag}-{sequence}"
+            )  # fmt: skip
+            delivered = acked and message_id not in self._returned
+            self._returned.discard(message_id)
+            if pending.dead_letter_tag is not None:
+                self._finish_dead_letter(pending.dead_letter_tag, delivered)
+            elif pending.outbox_id is not None:
+                self._inflight_outbox.discard(pending.outbox_id)
+                if delivered:
+                    confirmed.append(pending.outbox_id)
+                    if pending.kind != "alert_feedback":
+                        self.counters.hospital_messages_confirmed += 1
+                else:
+                    log.warning(
+                        "outbox message %d (%s) not confirmed; it stays unsent and is retried",
+                        pending.outbox_id,
+                        pending.kind,
+                    )
+        self.metrics.unconfirmed.set(len(self._unconfirmed))
+        if confirmed:
+            self._publish(self.engine.on_confirmed(confirmed))
+            self._release(confirmed)
+
+    def _finish_dead_letter(self, tag: int, delivered: bool) -> None:
+        if self._consume_channel is None or not self._consume_channel.is_open:
+            return
+        if delivered:
+            self._consume_channel.basic_ack(tag)
+        else:
+            # The queue's own dead-letter exchange still takes it, without the reason header.
+            log.error(
+                "dead-letter copy not confirmed; rejecting delivery %d to the queue's dead-letter exchange",
+                tag,
+            )
+            self._consume_channel.basic_reject(tag, requeue=False)
+
+    def _release(self, outbox_ids: list[int]) -> None:
+        """Acknowledge the inputs whose messages are now all confirmed."""
+        channel = self._consume_channel
+        for outbox_id in outbox_ids:
+            for tag in self._dependents.pop(outbox_id, set()):
+                waiting = self._waiting.get(tag)
+                if waiting is None:
+                    continue
+                waiting.discard(outbox_id)
+                if not waiting:
+                    del self._waiting[tag]
+                    if channel is not None and channel.is_open:
+                        channel.basic_ack(tag)
+
+    def _sweep_outbox(self) -> None:
+        """Publish stored messages that were never confirmed (a crash, a nack, a lost connection)."""
+        try:
+            unsent = self.store.unsent(limit=1000, exclude=self._inflight_outbox)
+        except Exception as exc:  # noqa: BLE001 - the store may be down; the next sweep retries
+            log.error("outbox sweep failed: %s", exc)
+            return
+        if unsent:
+            log.info("publishing %d stored messages that were never confirmed", len(unsent))
+            self._publish(unsent)
+
+    # --- hospital acknowledgements --------------------------------------------------------------
+
+    def _on_ack_delivery(
+        self, channel: Channel, method: Basic.Deliver, properties: BasicProperties, body: bytes
+    ) -> None:
+        try:
+            ack = parse_message(HospitalAck, body)
+        except ContractError as exc:
+            log.error("invalid hospital acknowledgement from %s rejected: %s", method.routing_key, exc)
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            return
+        try:
+            messages = self.engine.handle_ack(ack)
+        except Exception:  # noqa: BLE001 - keep serving; the acknowledgement comes back
+            log.exception("recording the acknowledgement of %s failed; requeued", ack.alert_id)
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        channel.basic_ack(method.delivery_tag)
+        self._publish(messages)
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        if self._connection is None or self._stopping:
+            return
+        try:
+            self._publish(self.engine.check_overdue())
+        except Exception:  # noqa: BLE001 - the next tick retries
+            log.exception("checking for unacknowledged alerts failed")
+        self._sweep_outbox()
+        if self._consume_channel is not None and self._consume_channel.is_open:
+            self._consume_channel.queue_declare(
+                HUB_TRIAGE_QUEUE,
+                passive=True,
+                callback=lambda frame: self.metrics.consumer_lag.set(frame.method.message_count),
+            )
+        self._connection.ioloop.call_later(self.config.escalation_check_s, self._on_timer)
+
+    def _on_report(self) -> None:
+        if self._connection is None or self._stopping:
+            return
+        log.info("hub status: %s", self._summary())
+        self._connection.ioloop.call_later(self.config.report_every_s, self._on_report)
 
     def _summary(self) -> str:
         c = self.counters
         return (
-            f"received {c.received}, stored {c.stored}, duplicates {c.duplicates}, alerts "
-            f"{c.alerts_published}, dead-lettered {c.dead_lettered}, requeued {c.requeued}"
+            f"received {c.received}, stored {c.stored}, duplicates {c.duplicates}, hospital messages "
+            f"{c.hospital_messages_confirmed}, dead-lettered {c.dead_lettered}, requeued {c.requeued}, "
+            f"waiting for confirms {len(self._waiting)}"
         )
 
-    # --- one delivery ------------------------------------------------------------------------
-
-    def _on_message(
-        self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
-    ) -> None:
-        self.counters.received += 1
-        try:
-            result = parse_message(TriageResult, body)
-            topic_device = device_id_from_routing_key(method.routing_key)
-            if topic_device != result.device_id:
-                raise ContractError(
-                    f"device_id {result.device_id!r} in the payload differs from {topic_device!r} in "
-                    f"routing key {method.routing_key!r}"
-                )
-            ecg_image = None if result.ecg_strip_png is None else decode_strip_png(result.ecg_strip_png)
-        except (ContractError, ValueError) as exc:
-            self._dead_letter(channel, method, body, str(exc))
+    def _watch_stop(self) -> None:
+        connection = self._connection
+        if connection is None:
             return
+        if self._stop is not None and self._stop.is_set() and not self._stopping:
+            self._begin_shutdown()
+        if self._stopping:
+            drained = not self._waiting and not self._unconfirmed
+            if drained or time.monotonic() - self._stop_started > SHUTDOWN_DRAIN_S:
+                if not drained:
+                    log.warning(
+                        "stopping with %d deliveries unacknowledged; the broker returns them to the queue",
+                        len(self._waiting),
+                    )
+                if connection.is_open:
+                    connection.close()
+                return
+        connection.ioloop.call_later(0.1, self._watch_stop)
 
-        try:
-            self._process(result, ecg_image)
-        except SQLAlchemyError as exc:
-            # The store is down or locked: put the delivery back and slow down instead of spinning.
-            log.error("store failed for %s/%d, delivery requeued: %s", result.device_id, result.sequence, exc)
-            self.counters.requeued += 1
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            time.sleep(1.0)
-            return
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            log.error(
-                "alert for %s/%d not confirmed by the broker, delivery requeued: %s",
-                result.device_id, result.sequence, exc,
-            )  # fmt: skip
-            self.counters.requeued += 1
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            return
-        channel.basic_ack(method.delivery_tag)
-
-    def _process(self, result: TriageResult, ecg_image: np.ndarray | None) -> None:
-        summary = summarize_window(result.window)
-        hub_scores = self.scorer.score([summary], [result.series], [ecg_image])[0]
-        hospital_id = self._hospital_for(result)
-        decision = decide(result, summary, hub_scores, hospital_id, self.scorer.operating_point)
-        outcome = self.store.store_result(result, hub_scores, decision.acuity, decision.alert)
-        if outcome.duplicate:
-            self.counters.duplicates += 1
-        else:
-            self.counters.stored += 1
-        if outcome.alert_to_publish is not None:
-            self._publish_alert(outcome.alert_to_publish)
-            self.store.mark_alert_published(outcome.alert_to_publish.alert_id)
-            self.counters.alerts_published += 1
-
-    def _hospital_for(self, result: TriageResult) -> str:
-        wanted = result.destination_hospital_id
-        if wanted is None:
-            return self.config.default_hospital_id  # type: ignore[return-value]
-        if wanted not in self.hospitals:
-            log.warning(
-                "result %s/%d names unknown hospital %r; alerting default hospital %s",
-                result.device_id, result.sequence, wanted, self.config.default_hospital_id,
-            )  # fmt: skip
-            return self.config.default_hospital_id  # type: ignore[return-value]
-        return wanted
-
-    def _publish_alert(self, alert: HospitalAlert) -> None:
-        assert self._publish_channel is not None
-        self._publish_channel.basic_publish(
-            exchange=HOSPITAL_EXCHANGE,
-            routing_key=hospital_routing_key(alert.hospital_id),
-            body=alert.model_dump_json().encode(),
-            properties=BasicProperties(
-                content_type="application/json",
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=alert.alert_id,
-                timestamp=int(alert.created_at.timestamp()),
-            ),
-            mandatory=True,
-        )
-        log.info(
-            "alert %s for incident %s to %s: KTAS %d %s (%s)",
-            alert.alert_id, alert.incident_id, alert.hospital_id, alert.acuity, alert.emergency_type.value,
-            alert.reason,
-        )  # fmt: skip
-
-    def _dead_letter(self, channel: BlockingChannel, method: Basic.Deliver, body: bytes, reason: str) -> None:
-        """Move a message the hub cannot use to the dead-letter queue, with the reason in a header."""
-        log.error("dead-lettered message from %s: %s", method.routing_key, reason)
-        assert self._publish_channel is not None
-        try:
-            self._publish_channel.basic_publish(
-                exchange=DEAD_LETTER_EXCHANGE,
-                routing_key=method.routing_key,
-                body=body,
-                properties=BasicProperties(
-                    delivery_mode=pika.DeliveryMode.Persistent,
-                    headers={
-                        REJECTION_REASON_HEADER: reason[:4000],
-                        ORIGINAL_ROUTING_KEY_HEADER: method.routing_key,
-                        "x-rejected-at": datetime.now(UTC).isoformat(),
-                    },
-                ),
-                mandatory=True,
-            )
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            # The queue's own dead-letter exchange still takes it, without the reason header.
-            log.error("dead-letter publish not confirmed (%s); rejecting to the queue's DLX", exc)
-            channel.basic_reject(method.delivery_tag, requeue=False)
-        else:
-            channel.basic_ack(method.delivery_tag)
-        self.counters.dead_lettered += 1
+    def _begin_shutdown(self) -> None:
+        """Stop taking deliveries, finish the current batch and wait for its confirms."""
+        self._stopping = True
+        self._stop_started = time.monotonic()
+        self.ready.clear()
+        log.info("stopping: no new deliveries; finishing %d in the current batch", len(self._batch))
+        if self._consume_channel is not None and self._consume_channel.is_open:
+            for tag in self._consumer_tags:
+                self._consume_channel.basic_cancel(tag)
+        self._flush_batch()

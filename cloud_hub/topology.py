@@ -10,9 +10,13 @@ from __future__ import annotations
 from pika.adapters.blocking_connection import BlockingChannel
 
 from protocol.topics import (
+    CONTROL_BINDING_KEY,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
+    HOSPITAL_ACK_BINDING_KEY,
+    HOSPITAL_ACK_EXCHANGE,
     HOSPITAL_EXCHANGE,
+    HUB_ACK_QUEUE,
     HUB_TRIAGE_QUEUE,
     MQTT_EXCHANGE,
     TRIAGE_BINDING_KEY,
@@ -41,7 +45,11 @@ def declare_hub_topology(channel: BlockingChannel) -> None:
         },
     )
     channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=TRIAGE_BINDING_KEY)
+    channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=CONTROL_BINDING_KEY)
     channel.exchange_declare(HOSPITAL_EXCHANGE, exchange_type="topic", durable=True)
+    channel.exchange_declare(HOSPITAL_ACK_EXCHANGE, exchange_type="topic", durable=True)
+    channel.queue_declare(HUB_ACK_QUEUE, durable=True, arguments=QUORUM)
+    channel.queue_bind(HUB_ACK_QUEUE, HOSPITAL_ACK_EXCHANGE, routing_key=HOSPITAL_ACK_BINDING_KEY)
 
 
 def declare_hospital_queue(channel: BlockingChannel, hospital_id: str) -> str:

@@ -1,13 +1,24 @@
 """Message contracts and topic names shared by the edge agent, the hub, hospitals and the fleet."""
 
+from protocol.hospital import (
+    AlertCancellation,
+    AlertFeedback,
+    AlertUpdate,
+    HospitalAck,
+    HospitalAlert,
+    HospitalMessage,
+    TrendPoint,
+)
 from protocol.messages import (
     ACUITY_LEVELS,
     EMERGENCY_TYPES,
     URGENT_ACUITY_MAX,
+    AmbulanceMessage,
     Consciousness,
     ContractError,
     EmergencyType,
-    HospitalAlert,
+    GeoPosition,
+    IncidentCancel,
     ModelInfo,
     News2Score,
     PatientContext,
@@ -20,7 +31,16 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "AlertCancellation",
+    "AlertFeedback",
+    "AlertUpdate",
+    "GeoPosition",
+    "HospitalAck",
+    "HospitalMessage",
+    "IncidentCancel",
+    "TrendPoint",
     "ACUITY_LEVELS",
+    "AmbulanceMessage",
     "EMERGENCY_TYPES",
     "URGENT_ACUITY_MAX",
     "Consciousness",

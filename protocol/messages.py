@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -215,6 +216,13 @@ def _check_distribution(values: list[float]) -> None:
         raise ValueError(f"probabilities must sum to 1, got {sum(values):.3f}")
 
 
+class GeoPosition(_Contract):
+    """WGS 84 position in decimal degrees."""
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
 class TriageResult(_Contract):
     """The edge agent's assessment of one patient, computed from a window of vitals frames."""
 
@@ -241,6 +249,7 @@ class TriageResult(_Contract):
         max_length=200_000,
         description="base64 PNG of the prepared ECG strip image the model scored, if the crew sent one",
     )
+    position: GeoPosition | None = Field(default=None, description="where the ambulance was when it scored")
 
     @model_validator(mode="after")
     def _window_matches(self) -> TriageResult:
@@ -265,38 +274,39 @@ class TriageResult(_Contract):
         return self.acuity <= URGENT_ACUITY_MAX
 
 
-class HospitalAlert(_Contract):
-    """A pre-alert to one hospital about one incoming patient, with the scores behind it."""
+class IncidentCancel(_Contract):
+    """The crew ends an incident early (patient refused transport, died, handed over elsewhere)."""
 
-    kind: Literal["hospital_alert"] = "hospital_alert"
-    alert_id: str = Field(min_length=1, max_length=160)
-    hospital_id: Identifier
+    kind: Literal["incident_cancel"] = "incident_cancel"
     device_id: Identifier
     incident_id: Identifier
-    sequence: int = Field(ge=0)
-    created_at: AwareDatetime
-    frame_timestamp: AwareDatetime
-    acuity: int = Field(ge=1, le=5)
-    emergency_type: EmergencyType
-    reason: str = Field(max_length=300)
-    edge: Scores
-    hub: Scores | None
-    disagreement: bool = Field(description="edge and hub differ on whether the patient is urgent")
-    news2: News2Score
-    qsofa: int | None = Field(default=None, ge=0, le=3)
-    shock_index: float | None = Field(default=None, ge=0)
-    vitals: VitalsFrame
+    cancelled_at: AwareDatetime
+    reason: str = Field(min_length=1, max_length=300)
 
 
-Message = TypeVar("Message", bound=BaseModel)
+AmbulanceMessage = Annotated[TriageResult | IncidentCancel, Field(discriminator="kind")]
+
+Message = TypeVar("Message")
+
+_ADAPTERS: dict[object, TypeAdapter] = {}
 
 
-def parse_message(model: type[Message], payload: bytes | str) -> Message:
-    """Parse a JSON payload into `model`, raising ContractError that names each invalid field."""
+def parse_message(model: type[Message] | Any, payload: bytes | str) -> Message:
+    """Parse a JSON payload into `model` (a contract or a union of them), raising ContractError.
+
+    The error names each invalid field and the value it held.
+    """
+    is_contract = isinstance(model, type) and issubclass(model, BaseModel)
+    name = model.__name__ if is_contract else "message"
     try:
-        return model.model_validate_json(payload)
+        if is_contract:
+            return model.model_validate_json(payload)  # type: ignore[union-attr]
+        adapter = _ADAPTERS.get(model)
+        if adapter is None:
+            adapter = _ADAPTERS[model] = TypeAdapter(model)
+        return adapter.validate_json(payload)
     except ValidationError as exc:
-        raise ContractError(describe_validation_error(model.__name__, exc)) from exc
+        raise ContractError(describe_validation_error(name, exc)) from exc
 
 
 def describe_validation_error(name: str, exc: ValidationError) -> str:

@@ -16,6 +16,7 @@ _ID_RE = re.compile(ID_PATTERN)
 MQTT_EXCHANGE = "amq.topic"
 
 TRIAGE_BINDING_KEY = "ambulance.*.triage"
+CONTROL_BINDING_KEY = "ambulance.*.control"
 HUB_TRIAGE_QUEUE = "hub.triage"
 
 DEAD_LETTER_EXCHANGE = "hub.dead-letter"
@@ -25,6 +26,9 @@ REJECTION_REASON_HEADER = "x-rejection-reason"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
 
 HOSPITAL_EXCHANGE = "hospital.alerts"
+HOSPITAL_ACK_EXCHANGE = "hospital.acks"
+HOSPITAL_ACK_BINDING_KEY = "hospital.*.ack"
+HUB_ACK_QUEUE = "hub.hospital-acks"
 
 
 def check_id(value: str, what: str) -> str:
@@ -45,21 +49,38 @@ def status_topic(device_id: str) -> str:
     return f"ambulance/{check_id(device_id, 'device id')}/status"
 
 
+def control_topic(device_id: str) -> str:
+    return f"ambulance/{check_id(device_id, 'device id')}/control"
+
+
+def feedback_topic(device_id: str) -> str:
+    return f"ambulance/{check_id(device_id, 'device id')}/feedback"
+
+
+def feedback_routing_key(device_id: str) -> str:
+    """Return the amq.topic routing key that reaches MQTT subscribers of the feedback topic."""
+    return mqtt_topic_to_routing_key(feedback_topic(device_id))
+
+
 def mqtt_topic_to_routing_key(topic: str) -> str:
     """Return the AMQP routing key RabbitMQ's MQTT plugin uses for an MQTT topic."""
     return topic.replace("/", ".")
 
 
 def device_id_from_routing_key(routing_key: str) -> str | None:
-    """Return the device id of an `ambulance.<device>.triage` routing key, or None for any other key."""
+    """Return the device of an `ambulance.<device>.triage` or `.control` routing key, else None."""
     parts = routing_key.split(".")
-    if len(parts) == 3 and parts[0] == "ambulance" and parts[2] == "triage":
+    if len(parts) == 3 and parts[0] == "ambulance" and parts[2] in ("triage", "control"):
         return parts[1]
     return None
 
 
 def hospital_routing_key(hospital_id: str) -> str:
     return f"hospital.{check_id(hospital_id, 'hospital id')}.alert"
+
+
+def hospital_ack_routing_key(hospital_id: str) -> str:
+    return f"hospital.{check_id(hospital_id, 'hospital id')}.ack"
 
 
 def hospital_queue(hospital_id: str) -> str:

@@ -39,3 +39,33 @@ def rabbit_node() -> Iterator[RabbitNode]:  # noqa: F821
     yield node
     node.stop()
     shutil.rmtree(data, ignore_errors=True)
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "AMBULANCE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty hub store: a SQLite file, or a new database on the machine's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.sqlite'}"
+        return
+    import uuid
+
+    import psycopg
+
+    name = f"hub_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({exc}); start it or set AMBULANCE_TEST_POSTGRES"
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -83,14 +83,19 @@ class RunningHub:
         self.store.close()
 
 
-def start_hub(amqp_port: int, hub_scorer: HubScorer, store_path: Path, hospital_id: str) -> RunningHub:
+def start_hub(
+    amqp_port: int, hub_scorer: HubScorer, store_url: str, hospital_id: str, **settings
+) -> RunningHub:
+    """Run a hub in a thread; `settings` override HubConfig fields (short timers in tests)."""
     config = HubConfig.model_validate(
         {
-            "amqp": {"port": amqp_port, "prefetch": 32},
-            "store_url": f"sqlite:///{store_path}",
+            "amqp": {"port": amqp_port, "prefetch": 64},
+            "store_url": store_url,
             "hospitals": [hospital_id],
             "reconnect_min_s": 0.2,
             "reconnect_max_s": 1.0,
+            "http_port": 0,
+            **settings,
         }
     )
     store = HubStore(config.store_url)
@@ -102,8 +107,8 @@ def start_hub(amqp_port: int, hub_scorer: HubScorer, store_path: Path, hospital_
 
 
 @pytest.fixture
-def hub(rabbit_node, hub_scorer: HubScorer, tmp_path: Path) -> Iterator[RunningHub]:
-    running = start_hub(rabbit_node.amqp_port, hub_scorer, tmp_path / "hub.sqlite", unique("hospital"))
+def hub(rabbit_node, hub_scorer: HubScorer, store_url: str) -> Iterator[RunningHub]:
+    running = start_hub(rabbit_node.amqp_port, hub_scorer, store_url, unique("hospital"))
     # The hub declares the hospital queue on connect; wait for it so alerts have somewhere to go.
     assert wait_until(lambda: hospital_queue_exists(rabbit_node.amqp_port, running.hospital_id), 20)
     yield running

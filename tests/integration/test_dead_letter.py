@@ -60,7 +60,7 @@ def test_malformed_messages_dead_lettered_with_reason(rabbit_node, hub, edge_sco
         for properties, body, routing_key in dead
         if device in routing_key or b"someone-else" in body or routing_key.endswith("someone-else.triage")
     }
-    assert reasons[b"{not json"].startswith("invalid TriageResult")
+    assert reasons[b"{not json"].startswith("invalid message: (message): Invalid JSON")
     impossible_reason = reasons[json.dumps(impossible).encode()]
     assert "window.0.hr_bpm" in impossible_reason
     assert "420" in impossible_reason

@@ -166,7 +166,7 @@ def test_example_configs_are_valid() -> None:
     agent = load_agent_config(examples / "edge-agent.toml")
     hub = load_hub_config(examples / "hub.toml")
     assert agent.device_id == "amb-01"
-    assert hub.hospitals == ["st-marys", "city-general"]
+    assert [hospital.id for hospital in hub.hospitals] == ["st-marys", "city-general"]
 
 
 def test_missing_field_error_omits_input() -> None:
