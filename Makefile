@@ -28,6 +28,7 @@ test: setup
 
 train: setup
 	$(BIN)/python -m models.train
+	$(BIN)/python -m models.report
 
 rabbitmq-start: setup
 	$(BIN)/python -m scripts.rabbitmq_node start

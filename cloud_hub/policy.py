@@ -71,22 +71,25 @@ def assess(
     reasons = []
     if result.scores.model is not None:
         reasons.append(f"edge model KTAS {result.scores.model_acuity}")
+    else:
+        reasons.append("edge: NEWS2 only, no usable model")
     if hub_scores is not None:
         reasons.append(f"hub model KTAS {hub_scores.model_acuity}")
     if floor <= URGENT_ACUITY_MAX:
         red = summary.news2.red_parameters
         detail = f", red: {', '.join(red)}" if red else ""
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
-    elif not reasons:
-        reasons.append(f"edge KTAS {result.acuity}")
     scores = hub_scores or result.scores
     ectopy = scores.ventricular_ectopy_probability
     if ectopy is not None:
         threshold = operating_point.ectopy_threshold if operating_point else 0.5
         verdict = "ventricular ectopy" if ectopy >= threshold else "no ventricular ectopy"
         reasons.append(f"ECG strip: {verdict} (p {ectopy:.2f})")
-    disagreement = hub_acuity is not None and (
-        (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)
+    # An edge without a model has no opinion of its own to disagree with.
+    disagreement = (
+        hub_acuity is not None
+        and result.scores.model is not None
+        and (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)
     )
     return Assessment(acuity, hub_acuity, scores.emergency_type, "; ".join(reasons), disagreement)
 

@@ -254,9 +254,9 @@ class EdgeAgent:
     def _report(self) -> None:
         stats = self.outbox.stats()
         log.info(
-            "frames %d (rejected %d), results delivered %d, pending %d, in flight %d, %s",
+            "frames %d (rejected %d), results delivered %d, pending %d, in flight %d, %s, scoring with %s",
             stats.frames_seen, stats.frames_rejected, stats.delivered, stats.pending, self.inflight,
-            "online" if self.uplink.connected else "offline",
+            "online" if self.uplink.connected else "offline", self.scorer.mode,
         )  # fmt: skip
 
 

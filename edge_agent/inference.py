@@ -98,7 +98,7 @@ class EdgeScorer:
         started = time.perf_counter()
         summary = summarize_window(window)
         if self._triage is None or self.operating_point is None:
-            scores = news2_only_scores(summary)
+            scores = news2_only_scores(summary).model_copy(update={"deterioration_risk": self._risk(history)})
         else:
             scores = self._score(summary, history, ecg_image)
         acuity, floor_applied = final_acuity(scores, summary.news2, self.operating_point)

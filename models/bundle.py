@@ -79,6 +79,9 @@ class Manifest(_Strict):
     format: Literal[2] = 2
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     created_at: datetime
+    source_commit: str | None = Field(
+        default=None, description="git commit of the training code, '-dirty' if changed"
+    )
     triage: TaskModel
     deterioration: TaskModel
     ecg_image_shape: tuple[int, int] = Field(description="height and width of the strip image input")
@@ -89,6 +92,10 @@ class Manifest(_Strict):
     training_data: list[TrainingData]
     held_out: dict[str, list[Any]] = Field(
         default_factory=dict, description="data set -> row numbers or record ids never used in training"
+    )
+    training_members: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="data set -> fingerprints or record ids of what training saw, to keep evaluation honest",
     )
     metrics: dict[str, Any]
     notes: list[str] = Field(default_factory=list)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.physionet import IcuStay, Outcome, load_outcomes, load_stay, stay_files
+from models.physionet import IcuStay, Outcome, PhysioNetFormatError, load_outcomes, load_stay, stay_files
 from models.series import SeriesAccumulator, deterioration_features
 from protocol import VitalsFrame
 
@@ -33,14 +33,21 @@ def load_physionet(folder: Path, outcomes_path: Path) -> tuple[list[IcuStay], di
     outcomes = load_outcomes(outcomes_path)
     stays = []
     skipped = 0
+    unreadable: list[str] = []
     for path in stay_files(folder):
-        stay = load_stay(path)
+        try:
+            stay = load_stay(path)
+        except (PhysioNetFormatError, UnicodeDecodeError) as exc:
+            unreadable.append(f"{path.name}: {exc}")
+            continue
         if stay.record_id in outcomes:
             stays.append(stay)
         else:
             skipped += 1
     if skipped:
         log.warning("%s: %d stays have no row in %s and were skipped", folder, skipped, outcomes_path)
+    if unreadable:
+        log.warning("%s: %d unreadable stay files skipped, first: %s", folder, len(unreadable), unreadable[0])
     return stays, outcomes
 
 

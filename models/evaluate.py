@@ -5,15 +5,18 @@
 `--ktas` takes any file in the KTAS format (`;`-separated, the published columns); `--physionet` a
 `set-a`-style folder of stay files with an `Outcomes*.txt` file inside it or beside it. The edge's
 TFLite models give the reported scores; the Keras models, when TensorFlow is installed, give the float
-reference for the int8-versus-float agreement. On the very file a bundle was trained on, the KTAS
-report covers only the held-out rows the manifest lists, and the PhysioNet report says it is in sample.
+reference for the int8-versus-float agreement. Every patient is scored by a model that never saw it:
+KTAS rows used to develop the bundle are recognised by content and left out, and PhysioNet stays it
+trained on are scored with their out-of-fold risk.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,7 +36,6 @@ from models.bundle import (
     Bundle,
     BundleError,
     load_bundle,
-    sha256_file,
 )
 from models.dataset import build_ktas_matrix
 from models.deterioration_data import build_deterioration_matrix, load_physionet
@@ -67,13 +69,6 @@ def _triage_inputs(features: np.ndarray, shape: tuple[int, int]) -> dict[str, np
     }
 
 
-def _training_sha256(bundle: Bundle, prefix: str) -> str | None:
-    for data in bundle.manifest.training_data:
-        if data.name.startswith(prefix):
-            return data.sha256
-    return None
-
-
 def evaluate_ktas(path: Path, bundle: Bundle) -> dict[str, Any]:
     try:
         visits = load_ktas(path).visits
@@ -82,12 +77,19 @@ def evaluate_ktas(path: Path, bundle: Bundle) -> dict[str, Any]:
     if not visits:
         raise EvaluationError(f"{path}: no usable rows")
     matrix = build_ktas_matrix(visits)
-    rows = np.arange(len(visits))
-    note = "all rows of the file; none was used to train this bundle"
-    if sha256_file(path) == _training_sha256(bundle, "ktas/"):
-        held_out = set(bundle.manifest.held_out.get("ktas_rows", []))
-        rows = np.array([i for i, row in enumerate(matrix.row_numbers) if int(row) in held_out])
-        note = f"the bundle's training file: only the {len(rows)} held-out rows listed in its manifest"
+    # Rows the bundle was developed on are recognised by content, whatever file or order they come in.
+    seen = set(bundle.manifest.training_members.get("ktas_fingerprints", []))
+    rows = np.array([i for i, visit in enumerate(visits) if visit.fingerprint() not in seen], dtype=int)
+    excluded = len(visits) - len(rows)
+    if len(rows) == 0:
+        raise EvaluationError(
+            f"{path}: every row was used to develop bundle {bundle.version}; nothing unseen to evaluate"
+        )
+    note = (
+        f"{len(rows)} rows the bundle never saw; {excluded} rows used in its development excluded"
+        if excluded
+        else "all rows of the file; none was used to develop this bundle"
+    )
 
     operating_point = bundle.manifest.operating_point
     inputs = _triage_inputs(matrix.features[rows], bundle.manifest.ecg_image_shape)
@@ -106,6 +108,7 @@ def evaluate_ktas(path: Path, bundle: Bundle) -> dict[str, Any]:
     report: dict[str, Any] = {
         "file": str(path),
         "rows_evaluated": int(len(rows)),
+        "rows_excluded_as_training": int(excluded),
         "rows": note,
         "operating_point": operating_point.urgent_threshold,
         "acuity": acuity_report(true_level, levels, urgent, urgent),
@@ -158,13 +161,36 @@ def _outcomes_file(folder: Path) -> Path:
 def _stay_folder(folder: Path) -> Path:
     if any(path.stem.isdigit() for path in folder.glob("*.txt")):
         return folder
-    subfolders = [path for path in sorted(folder.iterdir()) if path.is_dir() and any(path.glob("*.txt"))]
-    if subfolders:
+    subfolders = [
+        path
+        for path in sorted(folder.iterdir())
+        if path.is_dir() and any(p.stem.isdigit() for p in path.glob("*.txt"))
+    ]
+    if len(subfolders) == 1:
         return subfolders[0]
+    if subfolders:
+        names = ", ".join(path.name for path in subfolders)
+        raise EvaluationError(f"{folder} holds several stay folders ({names}); pass one of them")
     raise EvaluationError(f"no stay files (NNNNNN.txt) in {folder}")
 
 
+def _out_of_fold_risks(bundle: Bundle) -> dict[int, float]:
+    """Out-of-fold risk per training stay, from the file training left in the bundle."""
+    path = bundle.directory / "evaluation" / "deterioration_out_of_fold.csv"
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {
+            int(float(row["record_id"])): float(row["out_of_fold_risk"]) for row in csv.DictReader(handle)
+        }
+
+
 def evaluate_physionet(folder: Path, bundle: Bundle) -> dict[str, Any]:
+    """Score every stay with a model that never saw it.
+
+    Stays the bundle trained on get the out-of-fold risk of the fold model that left them out; other
+    stays get the shipped model's risk. The shipped model's in-sample figures are reported apart.
+    """
     stays_dir = _stay_folder(folder)
     outcomes_path = _outcomes_file(stays_dir)
     try:
@@ -177,42 +203,68 @@ def evaluate_physionet(folder: Path, bundle: Bundle) -> dict[str, Any]:
     runner = SignatureModel(
         bundle.path("deterioration", "tflite"), [DETERIORATION_INPUT], [DETERIORATION_OUTPUT]
     )
-    risk = runner.run(**{DETERIORATION_INPUT: matrix.features})[DETERIORATION_OUTPUT][:, 0]
+    shipped = runner.run(**{DETERIORATION_INPUT: matrix.features})[DETERIORATION_OUTPUT][:, 0]
     threshold = bundle.manifest.operating_point.deterioration_threshold or 0.5
     died = matrix.died
 
+    trained_on = set(bundle.manifest.training_members.get("physionet_record_ids", []))
+    out_of_fold = _out_of_fold_risks(bundle)
+    in_training = np.array([int(record_id) in trained_on for record_id in matrix.record_ids])
+    missing = [
+        int(r) for r, t in zip(matrix.record_ids, in_training, strict=True) if t and int(r) not in out_of_fold
+    ]
+    if missing:
+        raise EvaluationError(
+            f"{len(missing)} stays were used in training but the bundle has no out-of-fold risk for them; "
+            "rebuild the bundle with `make train`"
+        )
+    risk = np.array(
+        [
+            out_of_fold[int(r)] if t else s
+            for r, t, s in zip(matrix.record_ids, in_training, shipped, strict=True)
+        ]
+    )
+
+    def scores(mask: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+        return {
+            "stays": int(mask.sum()),
+            "deaths": int(died[mask].sum()),
+            "auroc": round(auroc(died[mask], values[mask]), 4),
+            "auprc": round(auprc(died[mask], values[mask]), 4),
+            "min_se_ppv": round(min_sensitivity_ppv(died[mask], values[mask] >= threshold), 4),
+        }
+
+    everyone = np.ones(len(died), dtype=bool)
     report: dict[str, Any] = {
         "folder": str(stays_dir),
         "outcomes": str(outcomes_path),
         "stays": int(len(died)),
         "deaths": int(died.sum()),
-        "deterioration": {
-            "auroc": round(auroc(died, risk), 4),
-            "auprc": round(auprc(died, risk), 4),
-            "min_se_ppv": round(min_sensitivity_ppv(died, risk >= threshold), 4),
-            "flag_threshold": threshold,
-        },
+        "scored_out_of_fold": int(in_training.sum()),
+        "scored_by_shipped_model": int((~in_training).sum()),
+        "deterioration": {**scores(everyone, risk), "flag_threshold": threshold},
     }
+    if in_training.any():
+        report["shipped_model_in_sample"] = {
+            **scores(in_training, shipped),
+            "note": "the shipped model trained on these stays; optimistic, for comparison only",
+        }
     saps_known = ~np.isnan(matrix.saps_i)
     saps_threshold = bundle.manifest.metrics.get("deterioration", {}).get("saps_i_threshold")
     if saps_known.any():
-        saps = matrix.saps_i[saps_known]
+        saps = np.where(saps_known, matrix.saps_i, 0.0)
+        saps_scores = scores(saps_known, saps)
+        if saps_threshold is None:
+            saps_scores["min_se_ppv"] = None
+        else:
+            saps_scores["min_se_ppv"] = round(
+                min_sensitivity_ppv(died[saps_known], matrix.saps_i[saps_known] >= saps_threshold), 4
+            )
         report["saps_i"] = {
-            "stays": int(saps_known.sum()),
-            "auroc": round(auroc(died[saps_known], saps), 4),
-            "auprc": round(auprc(died[saps_known], saps), 4),
-            "min_se_ppv": None
-            if saps_threshold is None
-            else round(min_sensitivity_ppv(died[saps_known], saps >= saps_threshold), 4),
+            **saps_scores,
             "model_auroc_on_same_stays": round(auroc(died[saps_known], risk[saps_known]), 4),
         }
-    if sha256_file(outcomes_path) == _training_sha256(bundle, "physionet-2012/"):
-        report["note"] = (
-            "in sample: the shipped model averages fold models trained on these stays; its held-out "
-            "estimate is the out-of-fold report below"
-        )
-        report["out_of_fold_from_training"] = bundle.manifest.metrics.get("deterioration", {}).get("model")
-    report["int8_vs_float"] = _deterioration_agreement(bundle, matrix.features, risk, threshold)
+    report["int8_vs_float"] = _deterioration_agreement(bundle, matrix.features, shipped, threshold)
     return report
 
 
@@ -238,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a model bundle and print a JSON report.")
     parser.add_argument("--ktas", type=Path, help="KTAS CSV file in the published format")
     parser.add_argument("--physionet", type=Path, help="set-a-style folder of stays with Outcomes*.txt")
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the default bundle)")
+    parser.add_argument(
+        "--bundle", type=Path, help="bundle folder or its manifest.json (default: the default bundle)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -267,8 +321,19 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, EvaluationError) as exc:
         log.error("%s", exc)
         return 2
-    print(json.dumps(report, indent=2))
+    print(json.dumps(_without_nan(report), indent=2))
     return 0
+
+
+def _without_nan(value: Any) -> Any:
+    """Replace NaN (a metric undefined on these rows, such as AUROC without urgent patients) by null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ loads the same way.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 from collections.abc import Iterable
@@ -104,6 +105,11 @@ class KtasVisit:
             pain_nrs=self.nrs_pain,
             arrival_mode=ARRIVAL_MODE_NAMES[self.arrival_mode],  # type: ignore[arg-type]
         )
+
+    def fingerprint(self) -> str:
+        """Return a short hash of the visit's content, the same whatever file or row it is read from."""
+        fields = {name: value for name, value in self.__dict__.items() if name != "row_number"}
+        return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:16]
 
     def frame_values(self) -> dict[str, Any]:
         """Return the visit's triage vital signs and context as VitalsFrame fields."""

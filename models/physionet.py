@@ -63,6 +63,7 @@ class IcuStay:
     # parameter -> [(minutes since admission, value)], in time order
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     dropped: int = 0  # implausible values left out of the last timeline() call
+    unreadable_lines: int = 0  # lines of the file that could not be parsed
 
     def context(self) -> PatientContext:
         sex = None if self.gender is None else ("male" if self.gender == 1 else "female")
@@ -109,6 +110,8 @@ class Outcome:
 
 def _minutes(text: str) -> int:
     hours, minutes = text.split(":")
+    if not 0 <= int(minutes) < 60:
+        raise ValueError(f"minutes {minutes} out of range")
     return int(hours) * 60 + int(minutes)
 
 
@@ -117,21 +120,28 @@ def load_stay(path: str | Path) -> IcuStay:
     path = Path(path)
     descriptors: dict[str, float] = {}
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    with path.open(encoding="utf-8", newline="") as handle:
+    unreadable = 0
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != ["Time", "Parameter", "Value"]:
             raise PhysioNetFormatError(f"{path}: header {header} is not Time,Parameter,Value")
         for line_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
             if len(row) != 3:
                 log.debug("%s:%d: skipped malformed line %r", path, line_number, row)
+                unreadable += 1
                 continue
             time_text, parameter, value_text = row
             try:
                 minute = _minutes(time_text)
                 value = float(value_text)
+                if not 0 <= minute < 100 * 60:
+                    raise ValueError(f"time {time_text} out of range")
             except ValueError:
                 log.debug("%s:%d: skipped unreadable line %r", path, line_number, row)
+                unreadable += 1
                 continue
             if minute == 0 and parameter in DESCRIPTORS:
                 descriptors[parameter] = value
@@ -148,12 +158,15 @@ def load_stay(path: str | Path) -> IcuStay:
     icu_type = descriptor("ICUType")
     for values in series.values():
         values.sort(key=lambda pair: pair[0])
+    if unreadable:
+        log.warning("%s: %d unreadable lines skipped", path, unreadable)
     return IcuStay(
         record_id=int(descriptors["RecordID"]),
         age_years=descriptor("Age"),
         gender=None if gender is None else int(gender),
         icu_type=None if icu_type is None else int(icu_type),
         series=dict(series),
+        unreadable_lines=unreadable,
     )
 
 

@@ -178,6 +178,16 @@ def plot_rocs(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, path
     plt.close(figure)
 
 
+def _three(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _agreement(result: dict[str, Any]) -> str:
+    if result.get("agreement") is None:
+        return f"not measured ({result.get('note', 'no float model')})"
+    return f"{result['agreement']:.1%} ({result['quantization']} export vs Keras)"
+
+
 def _row(name: str, report: dict[str, Any]) -> str:
     def cell(key: str) -> str:
         value = report.get(key)
@@ -281,7 +291,8 @@ def _model_card(bundle: Bundle, triage: dict, deterioration: dict, ecg: dict, he
     lines = [
         f"# Model card: ambulance triage bundle {manifest.version}",
         "",
-        f"Built {manifest.created_at:%Y-%m-%d %H:%M} UTC. Files and hashes: `manifest.json`.",
+        f"Built {manifest.created_at:%Y-%m-%d %H:%M} UTC from source commit {manifest.source_commit or 'unknown'}. "
+        "Files and hashes: `manifest.json`.",
         "",
         "## What the models do",
         "",
@@ -329,6 +340,9 @@ def _model_card(bundle: Bundle, triage: dict, deterioration: dict, ecg: dict, he
         _row("triage nurse (KTAS_RN)", triage["triage_nurse"]),
         _row("NEWS2 only", triage["news2_only"]),
         "",
+        "NEWS2 only assigns the safety floor as the level (KTAS 2 for NEWS2 >= 7 or a red parameter, 3 for 5-6)",
+        "and KTAS 5 otherwise, so it calls few patients urgent.",
+        "",
         f"{triage['acuity']['urgent_rows']} of the {triage['acuity']['rows']} held-out visits are urgent, so one",
         f"missed urgent patient moves under-triage by {1 / triage['acuity']['urgent_rows']:.1%}.",
         f"Emergency-type accuracy on held-out visits (derived labels): {triage['emergency_type_accuracy']:.3f}.",
@@ -341,9 +355,15 @@ def _model_card(bundle: Bundle, triage: dict, deterioration: dict, ecg: dict, he
         "| --- | --- | --- |",
     ]
     for point in triage["cross_validated_tradeoff"]:
-        if round(point["threshold"] * 100) % 5 == 0 or point["threshold"] in (
-            op["urgent_threshold"],
-            nearest["threshold"],
+        # Every threshold up to 0.10, where the benchmark region lies, then steps of 0.05.
+        if (
+            point["threshold"] <= 0.10
+            or round(point["threshold"] * 100) % 5 == 0
+            or point["threshold"]
+            in (
+                op["urgent_threshold"],
+                nearest["threshold"],
+            )
         ):
             lines.append(
                 f"| {point['threshold']:.2f} | {point['under_triage_rate']:.3f} | {point['over_triage_rate']:.3f} |"
@@ -373,7 +393,9 @@ def _model_card(bundle: Bundle, triage: dict, deterioration: dict, ecg: dict, he
         "## ECG strip branch",
         "",
         f"Held-out strips: {ecg['held_out_strips']} ({ecg['held_out_with_ectopy']} with a ventricular beat).",
-        f"AUROC {ecg['auroc']:.3f}; at p >= 0.5 sensitivity {ecg['sensitivity']}, specificity {ecg['specificity']}.",
+        f"AUROC {ecg['auroc']:.3f}; at p >= 0.5 sensitivity {_three(ecg['sensitivity'])}, specificity "
+        f"{_three(ecg['specificity'])}. These strips come from the same four patients as the training strips.",
+        "PTB record s0010_re lasts 38 s, too short for a held-out 10 s strip in its last quarter.",
         "Per record: "
         + "; ".join(
             f"{k}: {v['flagged']} of {v['strips']} flagged, {v['with_ectopy']} with ectopy"
@@ -386,21 +408,26 @@ def _model_card(bundle: Bundle, triage: dict, deterioration: dict, ecg: dict, he
         "## Quantization",
         "",
         f"- Triage: shipped {manifest.triage.tflite_quantization}. Gate (agreement of final KTAS levels with the",
-        f"  Keras model on all 1,014 visits >= 99.5%, under-triage at most 1 point worse): {gate}.",
+        f"  Keras model on the {triage.get('development_rows', 'development')} development visits >= 99.5%, under-triage",
+        "  at most 1 point worse):",
+        f"  {gate}. Calibration used development visits and training strips only.",
         f"- Deterioration: shipped {manifest.deterioration.tflite_quantization}. Gate on who is flagged: {det_gate}.",
-        f"- Agreement on the held-out KTAS rows, measured by `models.evaluate`: {held_out['int8_vs_float']}.",
+        f"- Agreement of final KTAS levels on the held-out visits, measured by `models.evaluate`: "
+        f"{_agreement(held_out['int8_vs_float'])}.",
         "",
         "## Known limits",
         "",
         "- The KTAS data come from two Korean emergency departments, triaged at the door, not in an ambulance;",
         "  only 335 of 1,014 visits arrived by ambulance. Prehospital vitals and complaints will differ.",
-        "- KTAS 1 has 22 visits in all (4 held out): the model rarely separates level 1 from level 2.",
+        "- KTAS 1 has 22 visits in all, 4 of them held out: too few to judge how well level 1 is told from level 2.",
         "- The held-out set has 38 urgent visits; each under-triage figure carries an uncertainty of several points.",
         "- Emergency-type labels are derived from the diagnosis text by a keyword map (`models/labels.py`), not coded",
         "  by clinicians.",
         "- The deterioration model learned in-hospital death of ICU patients over 48 h; on an ambulance it sees",
         "  minutes to hours of history from a different population. Its risk is a trend signal, not a prognosis.",
-        "  Fold-to-fold AUROC varies by about 0.06, so one 20% split may land anywhere in that range.",
+        "  Fold-to-fold AUROC varies by about 0.06, so one 20% split may land anywhere in that range. The",
+        "  hidden-layer width was chosen by cross-validation within 80% of these same stays, which makes the",
+        "  out-of-fold AUROC slightly optimistic.",
         "- The ECG branch saw strips of four patients, and its positives come from one (MIT-BIH 208, beats labelled by",
         "  this project's detector, not by cardiologists). It has not been tested on new patients or real photos.",
         "",

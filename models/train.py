@@ -88,6 +88,25 @@ def _combined_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _source_commit() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "models", "protocol", ":(exclude)models/trained_models"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if changed else commit
+
+
 def _write_csv(path: Path, header: list[str], rows) -> None:  # noqa: ANN001 - any iterable of rows
     import csv
 
@@ -154,21 +173,22 @@ def train(data_dir: Path, version: str, output_dir: Path, make_default: bool, se
     triage_model.save(triage_keras)
 
     # --- triage export through the gate ------------------------------------------------------
-    all_inputs = _triage_inputs(matrix.features)
-    float_all = _keras_triage(triage_model, all_inputs)
-    true_all = matrix.acuity_index + 1
-    float_levels_all = np.minimum(
-        model_levels(float_all[ACUITY_OUTPUT], float_all[URGENT_OUTPUT][:, 0], threshold), matrix.news2_floor
+    # Calibration and the gate use development rows and training strips only, so the held-out
+    # patients and strips stay unseen by every step that shapes the shipped file.
+    dev_inputs = _triage_inputs(matrix.features[dev_rows])
+    float_dev = _keras_triage(triage_model, dev_inputs)
+    true_dev = matrix.acuity_index[dev_rows] + 1
+    dev_floors = matrix.news2_floor[dev_rows]
+    float_levels_dev = np.minimum(
+        model_levels(float_dev[ACUITY_OUTPUT], float_dev[URGENT_OUTPUT][:, 0], threshold), dev_floors
     )
-    calibration_rows = np.random.default_rng(seed).choice(
-        len(matrix.features), size=len(ecg.held_out), replace=True
-    )
+    strip_rows = np.random.default_rng(seed).choice(dev_rows, size=len(ecg.calibration_images), replace=True)
 
     def triage_calibration():  # noqa: ANN202
-        for row in range(len(matrix.features)):
-            yield {name: value[row : row + 1] for name, value in all_inputs.items()}
-        strips = _triage_inputs(matrix.features[calibration_rows], ecg.held_out.images)
-        for row in range(len(calibration_rows)):
+        for row in range(len(dev_rows)):
+            yield {name: value[row : row + 1] for name, value in dev_inputs.items()}
+        strips = _triage_inputs(matrix.features[strip_rows], ecg.calibration_images)
+        for row in range(len(strip_rows)):
             yield {name: value[row : row + 1] for name, value in strips.items()}
 
     triage_tflite = folder / "triage.tflite"
@@ -183,14 +203,10 @@ def train(data_dir: Path, version: str, output_dir: Path, make_default: bool, se
         triage_tflite.write_bytes(
             export_tflite(triage_model, triage_input_shapes, triage_calibration, quantization)
         )
-        out = _tflite(triage_tflite, list(triage_input_shapes), triage_outputs).run(**all_inputs)
-        return np.minimum(
-            model_levels(out[ACUITY_OUTPUT], out[URGENT_OUTPUT][:, 0], threshold), matrix.news2_floor
-        )
+        out = _tflite(triage_tflite, list(triage_input_shapes), triage_outputs).run(**dev_inputs)
+        return np.minimum(model_levels(out[ACUITY_OUTPUT], out[URGENT_OUTPUT][:, 0], threshold), dev_floors)
 
-    # The gate compares the export with the float model on every row, held out or not: agreement
-    # measures the conversion, not generalisation, and 1,000 rows resolve 0.5% where 200 cannot.
-    triage_quantization, triage_gate = select_export(build_triage, true_all, float_levels_all)
+    triage_quantization, triage_gate = select_export(build_triage, true_dev, float_levels_dev)
     for result in triage_gate:
         (log.info if result.passed else log.warning)(result.describe())
     if triage_quantization != "int8":
@@ -212,14 +228,18 @@ def train(data_dir: Path, version: str, output_dir: Path, make_default: bool, se
         return acuity_report(true_test, levels, urgent, urgent)
 
     nurse = matrix.nurse_level[test_rows]
-    ectopy_tflite = runner.run(**_triage_inputs(matrix.features[calibration_rows], ecg.held_out.images))[
+    held_out_strip_rows = np.random.default_rng(seed + 1).choice(
+        test_rows, size=len(ecg.held_out), replace=True
+    )
+    ectopy_tflite = runner.run(**_triage_inputs(matrix.features[held_out_strip_rows], ecg.held_out.images))[
         ECTOPY_OUTPUT
     ][:, 0]
     ectopy_float = _keras_triage(
-        triage_model, _triage_inputs(matrix.features[calibration_rows], ecg.held_out.images)
+        triage_model, _triage_inputs(matrix.features[held_out_strip_rows], ecg.held_out.images)
     )[ECTOPY_OUTPUT][:, 0]
     triage_metrics = {
         "held_out": "20% of KTAS visits by patient, stratified on the expert level, never used in development",
+        "development_rows": int(len(dev_rows)),
         "acuity": model_report(tflite_test, with_floor=True),
         "acuity_before_news2_floor": model_report(tflite_test, with_floor=False),
         "acuity_float": model_report(float_test, with_floor=True),
@@ -337,6 +357,7 @@ def train(data_dir: Path, version: str, output_dir: Path, make_default: bool, se
     manifest = Manifest(
         version=version,
         created_at=datetime.now(UTC),
+        source_commit=_source_commit(),
         triage=TaskModel(
             keras=file_entry(triage_keras),
             tflite=file_entry(triage_tflite),
@@ -376,6 +397,10 @@ def train(data_dir: Path, version: str, output_dir: Path, make_default: bool, se
             ),
         ],
         held_out={"ktas_rows": [int(row) for row in matrix.row_numbers[test_rows]]},
+        training_members={
+            "ktas_fingerprints": sorted(visits[row].fingerprint() for row in dev_rows),
+            "physionet_record_ids": sorted(int(record_id) for record_id in det_matrix.record_ids),
+        },
         metrics={"triage": triage_metrics, "deterioration": deterioration_metrics},
         notes=notes
         + [

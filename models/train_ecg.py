@@ -27,12 +27,14 @@ STEP_S = 2.0
 EPOCHS = 12
 BATCH_SIZE = 32
 TRAINING_RENDERINGS = 2  # each training strip is photographed twice, with different perturbations
+CALIBRATION_STRIPS = 250
 
 
 @dataclass
 class EcgTraining:
     branch: keras.Model
     held_out: StripDataset
+    calibration_images: np.ndarray  # a sample of training strips, for int8 calibration
     metrics: dict[str, object]
 
 
@@ -97,4 +99,7 @@ def train_ecg(data_dir: Path, seed: int) -> EcgTraining:
         "evaluation": "last quarter of each record held out (split by time, not by patient)",
     }
     log.info("ECG branch held-out AUROC %.3f", metrics["auroc"])
-    return EcgTraining(branch, held_out, metrics)
+    sample = np.random.default_rng(seed).choice(
+        len(x_train), size=min(CALIBRATION_STRIPS, len(x_train)), replace=False
+    )
+    return EcgTraining(branch, held_out, x_train[sample], metrics)

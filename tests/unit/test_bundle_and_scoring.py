@@ -93,6 +93,18 @@ def test_corrupt_model_falls_back_to_news2(bundle_copy: Path, caplog) -> None:
     assert assessment.acuity == 2  # the NEWS2 floor for a score >= 7
 
 
+def test_corrupt_triage_model_keeps_deterioration(bundle_copy: Path) -> None:
+    from models.series import summarize_frames
+
+    (bundle_copy / "triage.tflite").write_bytes(b"not a model")
+    scorer = EdgeScorer(bundle_copy)
+    frames = [critical_frame().model_copy(update={"timestamp": NOW + timedelta(minutes=m)}) for m in range(4)]
+    assessment = scorer.assess(frames, history=summarize_frames(frames))
+    assert scorer.mode.startswith("NEWS2 only")
+    assert assessment.scores.model is None
+    assert assessment.scores.deterioration_risk is not None
+
+
 def test_edge_and_hub_models_agree(data_dir: Path) -> None:
     from cloud_hub.scoring import HubScorer
     from models.ktas import load_ktas
