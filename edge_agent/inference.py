@@ -58,11 +58,29 @@ class EdgeScorer:
         self.image_shape: tuple[int, int] | None = None
         self._triage: SignatureModel | None = None
         self._deterioration: SignatureModel | None = None
+        # Each model is checked and loaded on its own, so a damaged file disables only its own task.
         try:
-            bundle = load_bundle(bundle_dir)
+            bundle = load_bundle(bundle_dir, files=())
+        except BundleError as exc:
+            log.error(
+                "no usable model bundle, scoring with NEWS2 alone until a valid one is installed: %s", exc
+            )
+            return
+        try:
+            load_bundle(bundle.directory, files=(("triage", "tflite"),))
             self._triage = SignatureModel(
                 bundle.path("triage", "tflite"), TRIAGE_INPUTS, TRIAGE_OUTPUTS, num_threads=num_threads
             )
+            self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("triage", "tflite"))
+            self.operating_point = bundle.manifest.operating_point
+            self.image_shape = bundle.manifest.ecg_image_shape
+        except (BundleError, RuntimeMissingError, ValueError) as exc:
+            log.error(
+                "triage model unusable, scoring acuity with NEWS2 alone until a valid bundle is installed: %s",
+                exc,
+            )
+        try:
+            load_bundle(bundle.directory, files=(("deterioration", "tflite"),))
             self._deterioration = SignatureModel(
                 bundle.path("deterioration", "tflite"),
                 (DETERIORATION_INPUT,),
@@ -70,19 +88,19 @@ class EdgeScorer:
                 num_threads,
             )
         except (BundleError, RuntimeMissingError, ValueError) as exc:
-            self._triage = self._deterioration = None
-            log.error(
-                "no usable model bundle, scoring with NEWS2 alone until a valid one is installed: %s", exc
-            )
-            return
-        self.model = ModelInfo(version=bundle.version, sha256=bundle.sha256("triage", "tflite"))
-        self.operating_point = bundle.manifest.operating_point
-        self.image_shape = bundle.manifest.ecg_image_shape
+            log.error("deterioration model unusable, no risk will be reported: %s", exc)
         log.info(
-            "loaded model bundle %s (triage %s, deterioration %s, %s) from %s",
-            bundle.version, bundle.manifest.triage.tflite_quantization,
-            bundle.manifest.deterioration.tflite_quantization, self._triage.runtime, bundle.directory,
-        )  # fmt: skip
+            "model bundle %s from %s: triage %s, deterioration %s",
+            bundle.version,
+            bundle.directory,
+            bundle.manifest.triage.tflite_quantization if self._triage else "unavailable (NEWS2 only)",
+            bundle.manifest.deterioration.tflite_quantization if self._deterioration else "unavailable",
+        )
+
+    @property
+    def mode(self) -> str:
+        """How acuity is scored now, for status lines: the model version or NEWS2 alone."""
+        return f"model {self.model.version}" if self.model is not None else "NEWS2 only (no usable model)"
 
     def assess(
         self,
@@ -110,10 +128,19 @@ class EdgeScorer:
             inference_ms=(time.perf_counter() - started) * 1000,
         )
 
+    def _risk(self, history: SeriesSummary | None) -> float | None:
+        if self._deterioration is None or history is None or history.frames < MIN_HISTORY_FRAMES:
+            return None
+        output = self._deterioration.run(
+            **{DETERIORATION_INPUT: deterioration_features(history)[np.newaxis, :]}
+        )
+        return float(output[DETERIORATION_OUTPUT][0, 0])
+
     def _score(
         self, summary: WindowSummary, history: SeriesSummary | None, ecg_image: np.ndarray | None
     ) -> Scores:
-        assert self._triage is not None and self._deterioration is not None and self.image_shape is not None
+        assert self._triage is not None
+        assert self.image_shape is not None
         if ecg_image is not None and tuple(ecg_image.shape) != tuple(self.image_shape):
             raise ValueError(f"ECG image has shape {ecg_image.shape}, the model expects {self.image_shape}")
         present = ecg_image is not None
@@ -125,12 +152,7 @@ class EdgeScorer:
                 ECG_PRESENT_INPUT: np.array([[1.0 if present else 0.0]], dtype=np.float32),
             }
         )
-        risk = None
-        if history is not None and history.frames >= MIN_HISTORY_FRAMES:
-            risk_output = self._deterioration.run(
-                **{DETERIORATION_INPUT: deterioration_features(history)[np.newaxis, :]}
-            )
-            risk = float(risk_output[DETERIORATION_OUTPUT][0, 0])
+        risk = self._risk(history)
         return scores_from_outputs(
             outputs[ACUITY_OUTPUT][0],
             float(outputs[URGENT_OUTPUT][0, 0]),

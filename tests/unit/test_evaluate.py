@@ -40,7 +40,9 @@ def test_evaluate_on_other_files(data_dir: Path, tmp_path: Path) -> None:
     report = json.loads(result.stdout)
 
     ktas_report = report["ktas"]
-    assert ktas_report["rows_evaluated"] == 400
+    # Rows the bundle was developed on are recognised in the re-saved copy and left out.
+    assert ktas_report["rows_evaluated"] + ktas_report["rows_excluded_as_training"] == 400
+    assert ktas_report["rows_excluded_as_training"] > 250
     for rater in ("acuity", "triage_nurse", "news2_only"):
         for key in ("accuracy", "macro_f1", "under_triage_rate", "over_triage_rate", "urgent_auroc"):
             assert 0 <= ktas_report[rater][key] <= 1, (rater, key)
@@ -49,10 +51,13 @@ def test_evaluate_on_other_files(data_dir: Path, tmp_path: Path) -> None:
 
     physionet = report["physionet"]
     assert physionet["stays"] == 300
+    # The copied stays were all in training, so each is scored out of fold, never in sample.
+    assert physionet["scored_out_of_fold"] == 300
+    assert physionet["scored_by_shipped_model"] == 0
     for key in ("auroc", "auprc", "min_se_ppv"):
         assert 0 <= physionet["deterioration"][key] <= 1
         assert 0 <= physionet["saps_i"][key] <= 1
-    assert "note" not in physionet  # not the training outcomes file
+    assert physionet["shipped_model_in_sample"]["auroc"] > physionet["deterioration"]["auroc"]
 
 
 def test_evaluate_on_training_file_uses_held_out_rows(data_dir: Path) -> None:
@@ -60,7 +65,7 @@ def test_evaluate_on_training_file_uses_held_out_rows(data_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)["ktas"]
     assert report["rows_evaluated"] == 202
-    assert "held-out" in report["rows"]
+    assert report["rows_excluded_as_training"] == 812
 
 
 def test_evaluate_rejects_wrong_format(tmp_path: Path) -> None:
