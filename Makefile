@@ -7,7 +7,7 @@ DURATION ?= 60
 PYTEST_ARGS ?=
 DATA_DIR ?= $(shell $(PYTHON) -c "import sys; sys.path.insert(0, '.'); from models.data_paths import default_data_dir; print(default_data_dir())" 2>/dev/null || echo ../shared/data)
 
-.PHONY: setup demo test train report evaluate rabbitmq-start rabbitmq-stop clean
+.PHONY: setup demo test bench-hub train report evaluate rabbitmq-start rabbitmq-stop clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[edge,hub,train,tui,dev]'
-	$(BIN)/python -c 'from scripts.rabbitmq_node import ensure_installed; ensure_installed()'
+	$(BIN)/python -m scripts.system_packages
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -25,6 +25,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Not part of `make test`: about three minutes, and its figures depend on the machine's load.
+BENCH_ARGS ?=
+bench-hub: setup
+	$(BIN)/python -m scripts.bench_hub $(BENCH_ARGS)
 
 train: setup
 	$(BIN)/python -m models.train
@@ -38,7 +43,7 @@ rabbitmq-stop: setup
 
 clean:
 	-$(BIN)/python -m scripts.rabbitmq_node stop
-	rm -rf .run demo-summary.json
+	rm -rf .run demo-summary.json bench-hub.json
 
 report: setup
 	$(BIN)/python -m models.report

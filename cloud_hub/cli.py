@@ -77,7 +77,8 @@ def run(config: HubConfig) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     store = HubStore(config.store_url)
-    scorer = HubScorer(config.bundle_dir)
+    # With an engine process the models load there; the main process never imports TensorFlow.
+    scorer = None if config.engine_process else HubScorer(config.bundle_dir)
     service = HubService(config, store, scorer)
     http = HttpServer(service, config.http_host, config.http_port) if config.http_port else None
     if http is not None:

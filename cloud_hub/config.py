@@ -61,6 +61,10 @@ class HubConfig(StrictSettings):
     batch_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="wait for more results before scoring"
     )
+    engine_process: bool = Field(
+        default=True,
+        description="parse, re-score and store in a worker process, using a second core; false runs them inline",
+    )
     http_host: str = Field(default="127.0.0.1", description="address of the board, health and metrics server")
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the HTTP server")
     reconnect_min_s: float = Field(default=1.0, ge=0.05, le=60, description="first reconnect delay")

@@ -78,6 +78,7 @@ class BatchOutcome:
     ack_now: list[Delivery] = field(default_factory=list)
     waiting: dict[int, set[int]] = field(default_factory=dict)  # delivery tag -> outbox ids to confirm
     publish: list[OutboxMessage] = field(default_factory=list)
+    confirmed: list[int] = field(default_factory=list)  # broker confirmations recorded with the batch
     stored: int = 0
     duplicates: int = 0
 
@@ -91,12 +92,17 @@ class _Scored:
     assessment: Assessment
 
 
+EPHEMERAL_ID = -1  # outbox id of a message published without being stored
+
+
 class _Writer:
     """Collects the state changes and outgoing messages that one input causes.
 
     `cause` is the (device id, sequence) of the triage result behind them, if any. Messages to
-    hospitals gate the input's acknowledgement and carry the cause, so a redelivered result can find
-    the ones the broker never confirmed.
+    hospitals are stored in the outbox, gate the input's acknowledgement and carry the cause, so a
+    redelivered result can find the ones the broker never confirmed. Feedback to ambulances is
+    published without being stored: a lost one costs the crew one status update, and storing every
+    one would double the hub's writes.
     """
 
     def __init__(self, tx: Transaction, cause: tuple[str, int] | None = None):
@@ -105,10 +111,14 @@ class _Writer:
         self.events: list[tuple[str, str, str | None]] = []
         self.messages: list[dict] = []
         self.gating: list[int] = []  # indexes into messages that gate the input's acknowledgement
+        self.ephemeral: list[OutboxMessage] = []
 
     def send(
         self, kind: str, exchange: str, routing_key: str, body: str, *, alert_id: str, gates: bool
     ) -> None:
+        if kind == "alert_feedback":
+            self.ephemeral.append(OutboxMessage(EPHEMERAL_ID, exchange, routing_key, kind, body, alert_id))
+            return
         device_id, sequence = self.cause if (gates and self.cause) else (None, None)
         if gates:
             self.gating.append(len(self.messages))
@@ -149,7 +159,12 @@ class HubEngine:
 
     # --- triage results and incident cancellations ---------------------------------------------
 
-    def process_batch(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
+    def process_batch(self, deliveries: Sequence[Delivery], confirmed: Sequence[int] = ()) -> BatchOutcome:
+        """Parse, re-score and store a batch of deliveries, with the alerts and messages they cause.
+
+        `confirmed` are outbox ids the broker has confirmed since the last request. They are recorded
+        in the batch's transaction, which saves a commit of their own.
+        """
         started = time.perf_counter()
         outcome = BatchOutcome()
         results: list[tuple[Delivery, TriageResult, np.ndarray | None]] = []
@@ -176,7 +191,7 @@ class HubEngine:
 
         scored = self._score(results)
         try:
-            self._store(scored, cancels, outcome)
+            self._store(scored, cancels, outcome, confirmed)
         except IntegrityError as exc:
             # Another hub replica stored one of these results between our check and our insert.
             log.warning("batch of %d raced another writer, requeued: %s", len(deliveries), exc.orig)
@@ -186,8 +201,9 @@ class HubEngine:
             log.error("store failed, %d deliveries requeued: %s", len(scored) + len(cancels), exc)
             outcome.requeue += [item.delivery for item in scored] + [delivery for delivery, _ in cancels]
             outcome.ack_now, outcome.waiting, outcome.publish = [], {}, []
-        self.metrics.batch_size.observe(len(scored))
-        self.metrics.rescore_seconds.observe(time.perf_counter() - started)
+        if deliveries:
+            self.metrics.batch_size.observe(len(scored))
+            self.metrics.rescore_seconds.observe(time.perf_counter() - started)
         return outcome
 
     def _score(self, results: list[tuple[Delivery, TriageResult, np.ndarray | None]]) -> list[_Scored]:
@@ -204,10 +220,15 @@ class HubEngine:
         ]
 
     def _store(
-        self, scored: list[_Scored], cancels: list[tuple[Delivery, IncidentCancel]], outcome: BatchOutcome
+        self,
+        scored: list[_Scored],
+        cancels: list[tuple[Delivery, IncidentCancel]],
+        outcome: BatchOutcome,
+        confirmed: Sequence[int] = (),
     ) -> None:
         now = self.clock()
         with self.store.transaction(now) as tx:
+            outcome.publish += self._record_confirmations(tx, confirmed)
             keys = [(item.result.device_id, item.result.sequence) for item in scored]
             existing = tx.existing_results(keys)
             fresh: list[_Scored] = []
@@ -242,19 +263,29 @@ class HubEngine:
                 )
                 per_delivery.append((delivery, writer))
 
+            # One statement per table for the whole batch: per-row statements cost more than the model.
+            tx.add_events([event for _, writer in per_delivery for event in writer.events])
+            ids = tx.enqueue([message for _, writer in per_delivery for message in writer.messages])
+            position = 0
             for delivery, writer in per_delivery:
-                ids, gating = writer.flush()
+                own = ids[position : position + len(writer.messages)]
+                position += len(writer.messages)
+                gating = {own[i] for i in writer.gating}
                 if gating:
-                    outcome.waiting[delivery.tag] = set(gating)
+                    outcome.waiting[delivery.tag] = gating
                 else:
                     outcome.ack_now.append(delivery)
-                outcome.publish += [OutboxMessage(i, m["exchange"], m["routing_key"], m["kind"], m["body"], m["alert_id"])
-                                    for i, m in zip(ids, writer.messages, strict=True)]  # fmt: skip
+                outcome.publish += [
+                    OutboxMessage(i, m["exchange"], m["routing_key"], m["kind"], m["body"], m["alert_id"])
+                    for i, m in zip(own, writer.messages, strict=True)
+                ]
+                outcome.publish += writer.ephemeral
 
             # A redelivered result waits for any message it caused that the broker never confirmed.
             unsent = tx.unsent_for_results(
                 [(item.result.device_id, item.result.sequence) for item in duplicates]
             )
+        outcome.confirmed = list(confirmed)
         self.metrics.results_stored.inc(len(fresh))
         self.metrics.duplicates.inc(len(duplicates))
         outcome.stored, outcome.duplicates = len(fresh), len(duplicates)
@@ -327,11 +358,12 @@ class HubEngine:
             "alert_action": action,
             "edge_model_version": result.scores.model.version if result.scores.model else None,
             "hub_model_version": item.scores.model.version if item.scores and item.scores.model else None,
-            "payload": result.model_dump_json(),
+            "payload": item.delivery.body.decode(),
             "hub_scores": None if item.scores is None else item.scores.model_dump_json(),
         }
 
     def _new_alert(self, alert: HospitalAlert, how: str, writer: _Writer) -> None:
+        body = alert.model_dump_json()
         writer.tx.create_alert(
             {
                 "alert_id": alert.alert_id,
@@ -343,25 +375,32 @@ class HubEngine:
                 "acuity": alert.acuity,
                 "eta_minutes": alert.eta_minutes,
                 "escalation_of": None,
-                "payload": alert.model_dump_json(),
+                "payload": body,
             }
         )
         writer.events.append((alert.alert_id, "queued", f"to {alert.hospital_id} ({how})"))
-        self._send_alert(alert, writer, gates=True)
+        self._send_alert(alert, writer, gates=True, body=body)
         self._feedback(alert.device_id, alert.incident_id, alert.alert_id, alert.hospital_id, "queued", writer,
                        detail=f"KTAS {alert.acuity} {alert.emergency_type.value}, {how}")  # fmt: skip
         self.metrics.alerts.labels("hospital_alert", alert.emergency_type.value).inc()
 
-    def _send_alert(self, alert: HospitalAlert, writer: _Writer, gates: bool) -> None:
+    def _send_alert(
+        self, alert: HospitalAlert, writer: _Writer, gates: bool, body: str | None = None
+    ) -> None:
         writer.send("hospital_alert", HOSPITAL_EXCHANGE, hospital_routing_key(alert.hospital_id),
-                    alert.model_dump_json(), alert_id=alert.alert_id, gates=gates)  # fmt: skip
+                    body or alert.model_dump_json(), alert_id=alert.alert_id, gates=gates)  # fmt: skip
 
     def _update_alert(self, row: AlertRow, latest: HospitalAlert, writer: _Writer) -> None:
         current = latest.model_copy(update={"alert_id": row.alert_id, "hospital_id": row.hospital_id})
         update = AlertUpdate(
             **current.model_dump(exclude={"kind", "attempt", "escalated_from"}), previous_acuity=row.acuity
         )
-        writer.tx.update_alert(row.alert_id, acuity=latest.acuity, payload=current.model_dump_json())
+        writer.tx.update_alert(
+            row.alert_id,
+            acuity=latest.acuity,
+            eta_minutes=latest.eta_minutes,
+            payload=current.model_dump_json(),
+        )
         writer.events.append((row.alert_id, "updated", f"KTAS {row.acuity} -> {latest.acuity}"))
         writer.send("alert_update", HOSPITAL_EXCHANGE, hospital_routing_key(row.hospital_id), update.model_dump_json(),
                     alert_id=row.alert_id, gates=True)  # fmt: skip
@@ -412,20 +451,19 @@ class HubEngine:
     # --- confirmations, acknowledgements and escalation ------------------------------------------
 
     def on_confirmed(self, outbox_ids: Sequence[int]) -> list[OutboxMessage]:
-        """Record broker confirmations; return the 'delivered' feedback messages to publish."""
-        now = self.clock()
-        delivered = self.store.mark_sent(outbox_ids, now)
-        if not delivered:
+        """Record broker confirmations on their own; return the 'delivered' feedback to publish."""
+        with self.store.transaction(self.clock()) as tx:
+            return self._record_confirmations(tx, outbox_ids)
+
+    def _record_confirmations(self, tx: Transaction, outbox_ids: Sequence[int]) -> list[OutboxMessage]:
+        """Mark confirmed messages sent; alerts they delivered tell their ambulance (feedback is not stored)."""
+        if not outbox_ids:
             return []
-        with self.store.transaction(now) as tx:
-            writer = _Writer(tx)
-            for alert_id in delivered:
-                row = self.store.alert(alert_id)
-                if row is not None:
-                    self._feedback(row.device_id, row.incident_id, row.alert_id, row.hospital_id, "delivered", writer,
-                                   detail=None if row.attempts <= 1 else f"attempt {row.attempts}")  # fmt: skip
-            ids, _ = writer.flush()
-        return _messages(ids, writer)
+        writer = _Writer(tx)
+        for row in tx.mark_sent(outbox_ids):
+            self._feedback(row.device_id, row.incident_id, row.alert_id, row.hospital_id, "delivered", writer,
+                           detail=None if row.attempts <= 1 else f"attempt {row.attempts}")  # fmt: skip
+        return list(writer.ephemeral)
 
     def handle_ack(self, ack: HospitalAck) -> list[OutboxMessage]:
         """Record a hospital's acknowledgement (from AMQP or the board); return feedback to publish."""
@@ -544,10 +582,11 @@ class HubEngine:
 
 
 def _messages(ids: list[int], writer: _Writer) -> list[OutboxMessage]:
-    return [
+    stored = [
         OutboxMessage(i, m["exchange"], m["routing_key"], m["kind"], m["body"], m["alert_id"])
         for i, m in zip(ids, writer.messages, strict=True)
     ]
+    return stored + writer.ephemeral
 
 
 def _row_from_alert(alert: HospitalAlert, now: datetime) -> AlertRow:
@@ -556,5 +595,5 @@ def _row_from_alert(alert: HospitalAlert, now: datetime) -> AlertRow:
         hospital_id=alert.hospital_id, emergency_type=alert.emergency_type.value, acuity=alert.acuity,
         state=ALERT_PENDING, attempts=0, created_at=now, updated_at=now, last_sent_at=None, acknowledged_at=None,
         acknowledged_by=None, escalated_to=None, escalation_of=None, eta_minutes=alert.eta_minutes,
-        payload=alert.model_dump_json(),
+        payload="",  # only the batch's own bookkeeping reads this row, never its payload
     )  # fmt: skip

@@ -31,7 +31,7 @@ def create_app(service: HubService) -> FastAPI:
         checks = {
             "broker": service.ready.is_set(),
             "store": service.store.ping(),
-            "model": service.engine.scorer.model is not None,
+            "model": service.engine.model is not None,
         }
         # Without the hub model the hub still alerts on the edge's scores, so it stays ready.
         ready = checks["broker"] and checks["store"]

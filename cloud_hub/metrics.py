@@ -68,3 +68,8 @@ class HubMetrics:
         self.connected = Gauge(
             "hub_broker_connected", "1 while connected to the broker", registry=self.registry
         )
+        self.in_progress = Gauge(
+            "hub_inputs_in_progress",
+            "Deliveries taken from the queue and not yet acknowledged (batching or waiting for confirms)",
+            registry=self.registry,
+        )

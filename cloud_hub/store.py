@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -33,11 +33,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
+    bindparam,
     create_engine,
     event,
     func,
-    or_,
     select,
     update,
 )
@@ -100,9 +99,9 @@ alerts = Table(
     Column("escalation_of", String(160)),
     Column("eta_minutes", Float),
     Column("payload", Text, nullable=False),
-    Index("ix_alerts_incident", "device_id", "incident_id"),
+    Index("ix_alerts_incident", "incident_id", "device_id"),
     Index("ix_alerts_hospital_created", "hospital_id", "created_at"),
-    Index("ix_alerts_state", "state"),
+    Index("ix_alerts_state", "state", "last_sent_at"),
 )
 
 alert_events = Table(
@@ -194,27 +193,67 @@ def create_store_engine(url: str) -> Engine:
     return engine
 
 
+# The statements of the per-batch path, built once. SQLAlchemy caches the compiled form of a statement
+# object, so reusing one skips building it and computing its cache key on every batch. Lists go in
+# through expanding parameters.
+_EXISTING_RESULTS = select(triage_results.c.device_id, triage_results.c.sequence).where(
+    triage_results.c.device_id.in_(bindparam("devices", expanding=True)),
+    triage_results.c.sequence.in_(bindparam("sequences", expanding=True)),
+)
+_OPEN_ALERTS = (
+    select(alerts)
+    .where(
+        alerts.c.incident_id.in_(bindparam("incidents", expanding=True)), alerts.c.state != ALERT_CANCELLED
+    )
+    .order_by(alerts.c.created_at.desc())
+)
+_NEWEST_OUTBOX_IDS = select(outbox.c.id).order_by(outbox.c.id.desc()).limit(bindparam("count"))
+_MARK_OUTBOX_SENT = (
+    update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(sent_at=bindparam("now"))
+)
+_SENT_ALERT_IDS = select(outbox.c.alert_id).where(
+    outbox.c.id.in_(bindparam("ids", expanding=True)),
+    outbox.c.kind == "hospital_alert",
+    outbox.c.alert_id.is_not(None),
+)
+_PENDING_ALERT_IDS = select(alerts.c.alert_id).where(
+    alerts.c.alert_id.in_(bindparam("alert_ids", expanding=True)), alerts.c.state == ALERT_PENDING
+)
+_MARK_ALERTS_DELIVERED = (
+    update(alerts)
+    .where(alerts.c.alert_id.in_(bindparam("alert_ids", expanding=True)), alerts.c.state.in_(OPEN_STATES))
+    .values(
+        state=ALERT_DELIVERED,
+        last_sent_at=bindparam("now"),
+        attempts=alerts.c.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+)
+_ALERTS_BY_ID = select(alerts).where(alerts.c.alert_id.in_(bindparam("alert_ids", expanding=True)))
+
+
 class Transaction:
     """Writes that must commit together: a batch of results and the alerts and messages they cause."""
 
     def __init__(self, connection: Connection, now: datetime):
         self.connection = connection
         self.now = now
+        self._new_alerts: list[dict[str, Any]] = []  # written in one statement, before anything reads them
 
     def existing_results(self, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         """Return which (device id, sequence) keys are stored already."""
-        found: set[tuple[str, int]] = set()
-        by_device: dict[str, list[int]] = {}
-        for device, sequence in keys:
-            by_device.setdefault(device, []).append(sequence)
-        for device, sequences in by_device.items():
-            rows = self.connection.execute(
-                select(triage_results.c.sequence).where(
-                    triage_results.c.device_id == device, triage_results.c.sequence.in_(sequences)
-                )
-            )
-            found.update((device, sequence) for (sequence,) in rows)
-        return found
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        # One statement for the batch uses the unique index, and Python keeps the exact pairs.
+        rows = self.connection.execute(
+            _EXISTING_RESULTS,
+            {
+                "devices": sorted({device for device, _ in wanted}),
+                "sequences": sorted({sequence for _, sequence in wanted}),
+            },
+        )
+        return {(device, sequence) for device, sequence in rows if (device, sequence) in wanted}
 
     def insert_results(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -224,35 +263,36 @@ class Transaction:
 
     def open_alerts(self, incidents: Sequence[tuple[str, str]]) -> list[AlertRow]:
         """Alerts of these (device, incident) pairs that are not cancelled, newest first."""
-        if not incidents:
+        self.flush_alerts()
+        wanted = set(incidents)
+        if not wanted:
             return []
-        condition = or_(
-            *(
-                and_(alerts.c.device_id == device, alerts.c.incident_id == incident)
-                for device, incident in set(incidents)
-            )
-        )
+        # One expanding IN on the indexed incident id, then the exact pairs in Python: a long OR of
+        # pairs costs more to compile than to run.
         rows = self.connection.execute(
-            select(alerts)
-            .where(condition, alerts.c.state != ALERT_CANCELLED)
-            .order_by(alerts.c.created_at.desc())
+            _OPEN_ALERTS, {"incidents": sorted({incident for _, incident in wanted})}
         )
-        return [AlertRow.from_row(row) for row in rows]
+        return [AlertRow.from_row(row) for row in rows if (row.device_id, row.incident_id) in wanted]
 
     def create_alert(self, values: dict[str, Any]) -> None:
-        self.connection.execute(
-            alerts.insert().values(
-                state=ALERT_PENDING, attempts=0, created_at=self.now, updated_at=self.now, **values
-            )
+        self._new_alerts.append(
+            {"state": ALERT_PENDING, "attempts": 0, "created_at": self.now, "updated_at": self.now, **values}
         )
 
+    def flush_alerts(self) -> None:
+        if self._new_alerts:
+            self.connection.execute(alerts.insert(), self._new_alerts)
+            self._new_alerts = []
+
     def update_alert(self, alert_id: str, **values: Any) -> None:
+        self.flush_alerts()
         self.connection.execute(
             update(alerts).where(alerts.c.alert_id == alert_id).values(updated_at=self.now, **values)
         )
 
     def add_events(self, events: list[tuple[str, str, str | None]]) -> None:
         """Record (alert id, kind, detail) events at this transaction's time."""
+        self.flush_alerts()
         if events:
             self.connection.execute(
                 alert_events.insert(),
@@ -260,22 +300,63 @@ class Transaction:
             )
 
     def enqueue(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Add messages to publish; return their outbox ids in order."""
-        ids = []
-        for message in messages:
-            result = self.connection.execute(outbox.insert().values(created_at=self.now, **message))
-            ids.append(int(result.inserted_primary_key[0]))
-        return ids
+        """Add messages to publish in one statement; return their outbox ids in order."""
+        self.flush_alerts()
+        if not messages:
+            return []
+        rows = [{"created_at": self.now, **message} for message in messages]
+        if self.connection.dialect.name != "sqlite":
+            statement = outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True)
+            return [int(row.id) for row in self.connection.execute(statement, rows)]
+        # SQLAlchemy runs RETURNING row by row on SQLite. One executemany is far faster, and the ids
+        # it assigns are the newest ones: this transaction holds SQLite's only write lock until commit.
+        self.connection.execute(outbox.insert(), rows)
+        newest = self.connection.execute(_NEWEST_OUTBOX_IDS, {"count": len(rows)})
+        return sorted(int(row.id) for row in newest)
+
+    def mark_sent(self, outbox_ids: Sequence[int]) -> list[AlertRow]:
+        """Mark messages confirmed by the broker; pending alerts among them become delivered.
+
+        Returns the alerts that became delivered by this call, as they are now.
+        """
+        if not outbox_ids:
+            return []
+        now = self.now
+        ids = list(outbox_ids)
+        self.flush_alerts()
+        self.connection.execute(_MARK_OUTBOX_SENT, {"ids": ids, "now": now})
+        alert_ids = [alert_id for (alert_id,) in self.connection.execute(_SENT_ALERT_IDS, {"ids": ids})]
+        if not alert_ids:
+            return []
+        delivered = [
+            alert_id for (alert_id,) in self.connection.execute(_PENDING_ALERT_IDS, {"alert_ids": alert_ids})
+        ]
+        self.connection.execute(_MARK_ALERTS_DELIVERED, {"alert_ids": alert_ids, "now": now})
+        if not delivered:
+            return []
+        self.add_events([(alert_id, "delivered", None) for alert_id in delivered])
+        rows = self.connection.execute(_ALERTS_BY_ID, {"alert_ids": delivered})
+        return [AlertRow.from_row(row) for row in rows]
 
     def unsent_for_results(
         self, keys: Sequence[tuple[str, int]]
     ) -> list[tuple[OutboxMessage, tuple[str, int]]]:
         """Unsent messages caused by these results, with their cause, for a redelivery to wait on."""
-        if not keys:
+        wanted = set(keys)
+        if not wanted:
             return []
-        condition = or_(*(and_(outbox.c.device_id == d, outbox.c.sequence == s) for d, s in set(keys)))
-        rows = self.connection.execute(select(outbox).where(condition, outbox.c.sent_at.is_(None)))
-        return [(_outbox_message(row), (row.device_id, row.sequence)) for row in rows]
+        rows = self.connection.execute(
+            select(outbox).where(
+                outbox.c.device_id.in_(sorted({device for device, _ in wanted})),
+                outbox.c.sequence.in_(sorted({sequence for _, sequence in wanted})),
+                outbox.c.sent_at.is_(None),
+            )
+        )
+        return [
+            (_outbox_message(row), (row.device_id, row.sequence))
+            for row in rows
+            if (row.device_id, row.sequence) in wanted
+        ]
 
 
 def _outbox_message(row: Any) -> OutboxMessage:
@@ -294,66 +375,34 @@ class HubStore:
 
     @contextmanager
     def transaction(self, now: datetime | None = None) -> Iterator[Transaction]:
+        """Run writes in one transaction, committed on success; buffered alert rows are written first."""
         with self.engine.begin() as connection:
-            yield Transaction(connection, now or datetime.now(UTC))
+            tx = Transaction(connection, now or datetime.now(UTC))
+            yield tx
+            tx.flush_alerts()
 
     # --- outbox ---------------------------------------------------------------------------------
 
     def unsent(
-        self, limit: int = 1000, exclude: set[int] | frozenset[int] = frozenset()
+        self,
+        limit: int = 1000,
+        exclude: set[int] | frozenset[int] = frozenset(),
+        created_before: datetime | None = None,
     ) -> list[OutboxMessage]:
+        """Messages never confirmed, oldest first, leaving out `exclude` and anything newer than `created_before`."""
+        condition = [outbox.c.sent_at.is_(None)]
+        if created_before is not None:
+            condition.append(outbox.c.created_at < created_before)
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(outbox)
-                .where(outbox.c.sent_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(limit + len(exclude))
+                select(outbox).where(*condition).order_by(outbox.c.id).limit(limit + len(exclude))
             )
             return [message for message in map(_outbox_message, rows) if message.id not in exclude][:limit]
 
     def mark_sent(self, outbox_ids: Sequence[int], now: datetime | None = None) -> list[str]:
-        """Mark messages confirmed by the broker; pending alerts among them become delivered.
-
-        Returns the ids of alerts that became delivered by this call.
-        """
-        if not outbox_ids:
-            return []
-        now = now or datetime.now(UTC)
-        with self.engine.begin() as connection:
-            connection.execute(update(outbox).where(outbox.c.id.in_(outbox_ids)).values(sent_at=now))
-            alert_ids = [
-                alert_id
-                for (alert_id,) in connection.execute(
-                    select(outbox.c.alert_id).where(
-                        outbox.c.id.in_(outbox_ids),
-                        outbox.c.kind == "hospital_alert",
-                        outbox.c.alert_id.is_not(None),
-                    )
-                )
-            ]
-            if not alert_ids:
-                return []
-            delivered = [
-                alert_id
-                for (alert_id,) in connection.execute(
-                    select(alerts.c.alert_id).where(
-                        alerts.c.alert_id.in_(alert_ids), alerts.c.state == ALERT_PENDING
-                    )
-                )
-            ]
-            connection.execute(
-                update(alerts)
-                .where(alerts.c.alert_id.in_(alert_ids), alerts.c.state.in_(OPEN_STATES))
-                .values(
-                    state=ALERT_DELIVERED, last_sent_at=now, attempts=alerts.c.attempts + 1, updated_at=now
-                )
-            )
-            if delivered:
-                connection.execute(
-                    alert_events.insert(),
-                    [{"alert_id": a, "kind": "delivered", "at": now, "detail": None} for a in delivered],
-                )
-        return delivered
+        """Mark messages confirmed by the broker in their own transaction; see Transaction.mark_sent."""
+        with self.transaction(now) as tx:
+            return [row.alert_id for row in tx.mark_sent(outbox_ids)]
 
     # --- alerts ---------------------------------------------------------------------------------
 
@@ -362,17 +411,24 @@ class HubStore:
             row = connection.execute(select(alerts).where(alerts.c.alert_id == alert_id)).first()
         return None if row is None else AlertRow.from_row(row)
 
+    def alerts(self, alert_ids: Sequence[str]) -> list[AlertRow]:
+        if not alert_ids:
+            return []
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(alerts).where(alerts.c.alert_id.in_(list(alert_ids))))
+            return [AlertRow.from_row(row) for row in rows]
+
     def overdue(self, now: datetime, ack_timeout_s: float) -> list[AlertRow]:
         """Delivered alerts whose last delivery is older than the acknowledgement timeout."""
+        cutoff = now - timedelta(seconds=ack_timeout_s)
         with self.engine.connect() as connection:
             rows = connection.execute(
-                select(alerts).where(alerts.c.state == ALERT_DELIVERED, alerts.c.last_sent_at.is_not(None))
+                select(alerts).where(alerts.c.state == ALERT_DELIVERED, alerts.c.last_sent_at <= cutoff)
             )
-            found = [AlertRow.from_row(row) for row in rows]
-        return [row for row in found if (now - row.last_sent_at).total_seconds() >= ack_timeout_s]  # type: ignore[operator]
+            return [AlertRow.from_row(row) for row in rows]
 
     def hospital_alerts(self, hospital_id: str, limit: int = 50) -> list[AlertRow]:
-        """The hospital's most recent alerts, newest first."""
+        """Return the hospital's most recent alerts, newest first."""
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(alerts)
@@ -427,7 +483,7 @@ class HubStore:
         }
 
     def ping(self) -> bool:
-        """Whether the database answers a trivial query."""
+        """Return whether the database responds to a trivial query."""
         try:
             with self.engine.connect() as connection:
                 connection.execute(select(1))

@@ -8,6 +8,7 @@ words after normalisation, so "ha" never matches inside "chair".
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Abbreviation -> expansion, applied to whole words of the lower-cased text.
@@ -210,6 +211,7 @@ def normalize_complaint(text: str) -> str:
     return normalized
 
 
+@functools.lru_cache(maxsize=8192)
 def complaint_groups(text: str | None) -> frozenset[str]:
     """Return the symptom groups a chief complaint belongs to (empty for None or unknown text)."""
     if not text:

@@ -134,7 +134,8 @@ def news2(frame: VitalsFrame, *, hypercapnic_respiratory_failure: bool = False) 
     put("temperature", None if frame.temp_c is None else _band(frame.temp_c, _TEMPERATURE_BANDS))
 
     red = [name for name in NEWS2_PARAMETERS if subscores[name] >= RED_SUBSCORE]
-    return News2Score(
+    # Built from values computed here, so validation is skipped: the hub scores thousands a second.
+    return News2Score.model_construct(
         total=sum(subscores.values()),
         subscores=subscores,
         red_parameters=red,

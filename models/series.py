@@ -149,7 +149,7 @@ def _stats(vital: str, values: list[float]) -> VitalStats:
 
 
 def _scaled(value: float, centre: float, spread: float) -> float:
-    return float(np.clip((value - centre) / spread, -SCALED_LIMIT, SCALED_LIMIT)) / SCALED_LIMIT
+    return min(max((value - centre) / spread, -SCALED_LIMIT), SCALED_LIMIT) / SCALED_LIMIT
 
 
 def deterioration_features(summary: SeriesSummary) -> np.ndarray:

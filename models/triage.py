@@ -49,10 +49,60 @@ def model_levels(acuity: np.ndarray, urgent: np.ndarray, threshold: float) -> np
     return np.where(urgent >= threshold, urgent_level, routine_level)
 
 
-def _distribution(values: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
-    array = np.clip(np.asarray(values, dtype=np.float64), 0, 1)
-    total = array.sum()
-    return array / total if total > 0 else np.full(size, 1 / size)
+def _distributions(rows: Sequence[Sequence[float]] | np.ndarray, size: int) -> list[list[float]]:
+    """Clip each row to [0, 1], replace NaN by 0 and renormalise; a row without mass becomes uniform."""
+    array = np.asarray(rows, dtype=np.float64).reshape(-1, size)
+    array = np.nan_to_num(np.clip(array, 0.0, 1.0), nan=0.0)
+    totals = array.sum(axis=1, keepdims=True)
+    empty = totals[:, 0] <= 0
+    array[empty] = 1.0
+    totals[empty] = size
+    return np.round(array / totals, 4).tolist()
+
+
+def _probability(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if value != value:  # NaN from a broken model counts as no evidence
+        return 0.0
+    return round(min(max(float(value), 0.0), 1.0), 4)
+
+
+def scores_from_batch(
+    acuity: np.ndarray,
+    urgent_probability: np.ndarray,
+    emergency_type: np.ndarray,
+    operating_point: OperatingPoint,
+    model: ModelInfo | None,
+    ventricular_ectopy: Sequence[float | None] | None = None,
+    deterioration_risk: Sequence[float | None] | None = None,
+) -> list[Scores]:
+    """Wrap a batch of model outputs (acuity [rows, 5], urgent [rows], type [rows, types]).
+
+    Probabilities are renormalised to absorb int8 rounding, and every value is clipped here, so the
+    contract holds by construction and pydantic's validation is skipped: the hub wraps thousands of
+    rows a second.
+    """
+    count = len(urgent_probability)
+    acuity_lists = _distributions(acuity, 5)
+    type_lists = _distributions(emergency_type, len(EMERGENCY_TYPES))
+    ectopy = ventricular_ectopy if ventricular_ectopy is not None else [None] * count
+    risks = deterioration_risk if deterioration_risk is not None else [None] * count
+    scores = []
+    for row in range(count):
+        urgent = _probability(float(urgent_probability[row])) or 0.0
+        scores.append(
+            Scores.model_construct(
+                acuity_probabilities=acuity_lists[row],
+                urgent_probability=urgent,
+                model_acuity=model_level(acuity_lists[row], urgent, operating_point.urgent_threshold),
+                emergency_type_probabilities=dict(zip(EMERGENCY_TYPES, type_lists[row], strict=True)),
+                ventricular_ectopy_probability=_probability(ectopy[row]),
+                deterioration_risk=_probability(risks[row]),
+                model=model,
+            )
+        )
+    return scores
 
 
 def scores_from_outputs(
@@ -64,24 +114,16 @@ def scores_from_outputs(
     ventricular_ectopy: float | None = None,
     deterioration_risk: float | None = None,
 ) -> Scores:
-    """Wrap one row of model outputs; probabilities are renormalised to absorb int8 rounding."""
-    acuity_array = _distribution(acuity, 5)
-    type_array = _distribution(emergency_type, len(EMERGENCY_TYPES))
-    urgent = float(np.clip(urgent_probability, 0, 1))
-    return Scores(
-        acuity_probabilities=[round(float(p), 4) for p in acuity_array],
-        urgent_probability=round(urgent, 4),
-        model_acuity=model_level(acuity_array, urgent, operating_point.urgent_threshold),
-        emergency_type_probabilities={
-            emergency_type: round(float(p), 4)
-            for emergency_type, p in zip(EMERGENCY_TYPES, type_array, strict=True)
-        },
-        ventricular_ectopy_probability=None
-        if ventricular_ectopy is None
-        else round(float(ventricular_ectopy), 4),
-        deterioration_risk=None if deterioration_risk is None else round(float(deterioration_risk), 4),
-        model=model,
-    )
+    """Wrap one row of model outputs; see `scores_from_batch`."""
+    return scores_from_batch(
+        np.asarray([acuity]),
+        np.asarray([urgent_probability], dtype=np.float64),
+        np.asarray([emergency_type]),
+        operating_point,
+        model,
+        [ventricular_ectopy],
+        [deterioration_risk],
+    )[0]
 
 
 def news2_only_scores(summary: WindowSummary) -> Scores:

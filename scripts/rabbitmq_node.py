@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +69,11 @@ class RabbitNode:
             RABBITMQ_PID_FILE=str(self.data_dir / "node.pid"),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # No scheduler busy-waiting: this node shares its machine with the hub and the agents,
+            # and Erlang's default spinning takes CPU time from them (RabbitMQ, "Runtime Tuning").
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
+            ),
         )
         return env
 
@@ -214,25 +217,14 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def ensure_installed() -> None:
     """Install Debian's rabbitmq-server through apt when its binaries are missing."""
+    from scripts.system_packages import PackageError, ensure_packages
+
     if SERVER.exists() and CTL.exists():
         return
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise NodeError(f"{SERVER} not found and apt-get is unavailable; install RabbitMQ 3.9 or newer")
-    prefix: list[str] = []
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            raise NodeError("rabbitmq-server is missing; run `sudo apt-get install rabbitmq-server`")
-        prefix = ["sudo", "-n"]
-    log.info("installing rabbitmq-server through apt")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*prefix, apt, "update"], env=env, check=False)
-    install = [*prefix, apt, "install", "-y", "--no-install-recommends", "rabbitmq-server"]
-    if subprocess.run(install, env=env, check=False).returncode != 0 or not SERVER.exists():
-        raise NodeError(
-            "installing rabbitmq-server through apt failed; install it by hand with "
-            "`apt-get install rabbitmq-server`"
-        )
+    try:
+        ensure_packages({"rabbitmq-server": SERVER})
+    except PackageError as exc:
+        raise NodeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,8 @@ def start_hub(
             "reconnect_min_s": 0.2,
             "reconnect_max_s": 1.0,
             "http_port": 0,
+            # Inline keeps each test's hub start fast; test_pipeline runs the engine process.
+            "engine_process": False,
             **settings,
         }
     )

@@ -70,3 +70,31 @@ def test_redelivered_result_alerts_once(rabbit_node, hub, edge_scorer, tmp_path:
     alerts = read_queue(rabbit_node.amqp_port, hospital_queue(hub.hospital_id))
     assert len(alerts) == 1
     assert (device, 0) in hub.store.result_keys()
+
+
+def test_engine_process_alerts_once(rabbit_node, hub_scorer, edge_scorer, store_url: str, tmp_path: Path) -> None:
+    """The production set-up: parsing, scoring and storing in the hub's worker process."""
+    from .conftest import start_hub
+
+    hospital = unique("hospital")
+    running = start_hub(rabbit_node.amqp_port, hub_scorer, store_url, hospital, engine_process=True)
+    device = unique("amb")
+    local = make_agent(device, rabbit_node.mqtt_port, tmp_path / "outbox.sqlite", edge_scorer, hospital)
+    try:
+        assert running.service.ready.wait(120), "hub with an engine process did not start"
+        local.uplink.start()
+        result = local.agent.handle_frame("incident-1", CRITICAL)
+        local.agent.handle_frame("incident-2", NORMAL)
+        assert local.pump_until_delivered(20)
+        local.uplink.publish(local.agent.topic, result.model_dump_json())  # a duplicate
+        assert wait_until(lambda: running.service.counters.duplicates >= 1, 20, step=lambda: local.agent.pump(0.05))
+        assert wait_until(lambda: running.store.counts().get("alerts_delivered", 0) == 1, 20)
+    finally:
+        local.close()
+        running.shutdown()
+
+    assert running.store.result_keys() == {(device, 0), (device, 1)}
+    alerts = [parse_message(HospitalAlert, body) for _, body, _ in read_queue(rabbit_node.amqp_port, hospital_queue(hospital))]
+    assert [alert.sequence for alert in alerts] == [0]
+    # The worker's metrics reach the main process's registry.
+    assert running.service.metrics.registry.get_sample_value("hub_results_stored_total") == 2
