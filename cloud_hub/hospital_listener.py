@@ -154,6 +154,7 @@ class HospitalListener:
                 "device_id": message.device_id,
                 "sequence": getattr(message, "sequence", None),
                 "attempt": attempt,
+                "escalated_from": getattr(message, "escalated_from", None),
                 "acuity": getattr(message, "acuity", None),
                 "emergency_type": getattr(getattr(message, "emergency_type", None), "value", None),
                 "received_at": arrived.isoformat(),

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from cloud_hub.store import ALERT_ACKNOWLEDGED, ALERT_DELIVERED, ALERT_PENDING, AlertRow
 from models.features import WindowSummary
-from models.scores import news2_acuity_floor
+from models.scores import QSOFA_POSITIVE, SHOCK_INDEX_ABNORMAL, news2_acuity_floor
 from models.triage import OperatingPoint, final_acuity
 from protocol import URGENT_ACUITY_MAX, EmergencyType, HospitalAlert, Scores, TrendPoint, TriageResult
 
@@ -79,6 +79,11 @@ def assess(
         red = summary.news2.red_parameters
         detail = f", red: {', '.join(red)}" if red else ""
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
+    # Shown beside the levels so the hospital sees the sepsis and shock screens; sources in models/scores.py.
+    if summary.qsofa is not None and summary.qsofa >= QSOFA_POSITIVE:
+        reasons.append(f"qSOFA {summary.qsofa} (sepsis screen positive)")
+    if summary.shock_index is not None and summary.shock_index >= SHOCK_INDEX_ABNORMAL:
+        reasons.append(f"shock index {summary.shock_index:.2f} (circulatory shock)")
     scores = hub_scores or result.scores
     ectopy = scores.ventricular_ectopy_probability
     if ectopy is not None:

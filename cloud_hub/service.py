@@ -133,7 +133,7 @@ class HubService:
         self._batch_timer: object | None = None
         self._waiting: dict[int, set[int]] = {}  # delivery tag -> outbox ids still unconfirmed
         self._confirmed_buffer: list[int] = []  # confirmed outbox ids not yet recorded
-        self._recording: set[int] = set()  # confirmed outbox ids the engine is recording now
+        self._recording: set[int] = set()  # confirmed outbox ids not yet recorded in the store
         self._confirm_timer: object | None = None
         self._dependents: dict[int, set[int]] = {}  # outbox id -> delivery tags waiting on it
         self._consumer_tags: list[str] = []
@@ -428,7 +428,8 @@ class HubService:
         if channel is None or not channel.is_open:
             return  # they stay unsent in the outbox; the next connection's sweep sends them
         for message in messages:
-            if message.id >= 0 and message.id in self._inflight_outbox:
+            # In flight, or confirmed and not yet recorded: publishing it again would send a duplicate.
+            if message.id >= 0 and (message.id in self._inflight_outbox or message.id in self._recording):
                 continue
             self._publish_sequence += 1
             if message.id >= 0:
@@ -503,6 +504,7 @@ class HubService:
             # The broker confirms message by message; recording them a few milliseconds later in
             # one transaction costs one disk flush instead of one per message.
             self._confirmed_buffer += confirmed
+            self._recording.update(confirmed)
             if self._confirm_timer is None and self._connection is not None:
                 self._confirm_timer = self._connection.ioloop.call_later(
                     CONFIRM_FLUSH_S, self._flush_confirmations

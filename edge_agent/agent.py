@@ -25,7 +25,7 @@ from edge_agent.replay import ScheduledFrame
 from edge_agent.uplink import MqttUplink, UplinkEvent
 from models.ecg_strips import encode_strip_png, prepare_strip_image
 from models.series import SeriesAccumulator
-from protocol import PatientContext, TriageResult, VitalsFrame
+from protocol import GeoPosition, PatientContext, TriageResult, VitalsFrame
 from protocol.messages import describe_validation_error
 from protocol.topics import triage_topic
 
@@ -61,6 +61,7 @@ class EdgeAgent:
         window_s: float = 600.0,
         window_max_frames: int = 60,
         max_incidents: int = 32,
+        position: GeoPosition | None = None,
         clock: Clock = utc_now,
     ):
         self.device_id = device_id
@@ -72,6 +73,7 @@ class EdgeAgent:
         self.window = timedelta(seconds=window_s)
         self.window_max_frames = window_max_frames
         self.max_incidents = max_incidents
+        self.position = position  # sent with each result, for the hub's routing and ETA
         self.clock = clock
         self.topic = triage_topic(device_id)
         self._incidents: OrderedDict[str, IncidentState] = OrderedDict()
@@ -122,6 +124,7 @@ class EdgeAgent:
                 destination_hospital_id=hospital,
                 series=history,
                 ecg_strip_png=incident.ecg_strip_png,
+                position=self.position,
             )
 
         result = self.outbox.add(build)

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--outbox", dest="outbox_path", type=Path, help="SQLite outbox file (outbox_path)")
     run.add_argument("--bundle", dest="bundle_dir", type=Path, help="model bundle folder (bundle_dir)")
+    run.add_argument(
+        "--position",
+        type=_position,
+        metavar="LAT,LON",
+        help="fixed ambulance position in decimal degrees, e.g. 51.5072,-0.1276 (latitude, longitude)",
+    )
     run.add_argument("--mqtt-host", help="MQTT broker host ([mqtt] host)")
     run.add_argument("--mqtt-port", type=int, help="MQTT broker port ([mqtt] port)")
     run.add_argument("--mqtt-username", help="MQTT user name ([mqtt] username)")
@@ -73,12 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _position(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid position {text!r}: expected LAT,LON in decimal degrees, e.g. 51.5072,-0.1276"
+        ) from None
+    return latitude, longitude
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device_id": args.device_id,
         "destination_hospital_id": args.destination_hospital_id,
         "outbox_path": args.outbox_path,
         "bundle_dir": args.bundle_dir,
+        "latitude": args.position[0] if args.position else None,
+        "longitude": args.position[1] if args.position else None,
         "mqtt": {"host": args.mqtt_host, "port": args.mqtt_port, "username": args.mqtt_username},
         "replay": {
             "source": args.replay_source,
@@ -139,6 +157,7 @@ def run(config: AgentConfig, duration_s: float | None, drain_timeout_s: float) -
         destination_hospital_id=config.destination_hospital_id,
         window_s=config.window_s,
         window_max_frames=config.window_max_frames,
+        position=config.position,
     )
     stats = outbox.stats()
     log.info(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from protocol import GeoPosition
 from protocol.messages import Identifier
 from protocol.settings import ConfigError, StrictSettings, load_settings, read_secret
 
@@ -60,8 +61,24 @@ class AgentConfig(StrictSettings):
     bundle_dir: Path | None = Field(default=None, description="model bundle folder; default bundle if unset")
     window_s: float = Field(default=600.0, ge=1, le=86400, description="sliding window length in seconds")
     window_max_frames: int = Field(default=60, ge=1, le=600, description="frames per window at most")
+    # NOTE: a fixed position, for a station-based or demo ambulance. A moving ambulance needs its GPS
+    # receiver read here, which the agent does not do yet.
+    latitude: float | None = Field(default=None, ge=-90, le=90, description="ambulance position, WGS 84")
+    longitude: float | None = Field(default=None, ge=-180, le=180, description="ambulance position, WGS 84")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> AgentConfig:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither")
+        return self
+
+    @property
+    def position(self) -> GeoPosition | None:
+        if self.latitude is None or self.longitude is None:
+            return None
+        return GeoPosition(latitude=self.latitude, longitude=self.longitude)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> AgentConfig:

@@ -143,6 +143,9 @@ def news2(frame: VitalsFrame, *, hypercapnic_respiratory_failure: bool = False) 
     )
 
 
+QSOFA_POSITIVE = 2  # Sepsis-3 (Singer et al. 2016, below): two or more criteria
+
+
 def qsofa(frame: VitalsFrame) -> int | None:
     """Count qSOFA criteria met; None when none of the three could be assessed.
 

@@ -1,11 +1,14 @@
-"""End-to-end demo: real patients replayed on three ambulances, alerts arriving at two hospitals.
+"""End-to-end demo: real patients replayed on four ambulances, alerts arriving at two hospitals.
 
     python -m scripts.demo [--duration 60] [--summary demo-summary.json]
 
 Starts a private RabbitMQ node with a fresh data directory, the hub, one hospital listener per
-hospital and the edge agents; prints alerts as they arrive; then stops the replay, lets the agents
-drain their outboxes, stops everything and writes a JSON summary that reconciles what the ambulances
-sent with what the hub stored and what the hospitals received.
+hospital and the edge agents, and prints alerts as they arrive. The hospital boards are live at
+http://127.0.0.1:8084/board/st-marys and /board/city-general while it runs. St Mary's acknowledges
+each alert after a few seconds; City General never does, so its alerts are re-sent and then
+escalated to St Mary's, its backup. At the end the demo stops the replay, lets the agents drain their
+outboxes, stops everything and writes a JSON summary that reconciles what the ambulances sent with
+what the hub stored and what the hospitals received.
 """
 
 from __future__ import annotations
@@ -30,24 +33,67 @@ from scripts.rabbitmq_node import PROJECT_DIR, NodeError, RabbitNode
 log = logging.getLogger("demo")
 
 HOSPITALS = ("st-marys", "city-general")
+ACKNOWLEDGE_AFTER_S = {"st-marys": 3.0}  # City General never acknowledges
+HTTP_PORT = 8084
+ACK_TIMEOUT_S = 8.0
+# The hospital listener's line kinds worth showing on the demo's console.
+HOSPITAL_LINE_WORDS = (" ALERT ", " UPDATE ", " RESENT ", " ESCALATED ", " CANCEL ")
+
+# The hub's settings for the demo: the example registry (fictional hospitals, one with PCI, a stroke
+# centre and level 1 trauma, each the other's backup) and short acknowledgement timers.
+HUB_CONFIG = """
+default_hospital_id = "st-marys"
+ack_timeout_s = {ack_timeout_s}
+max_resends = 1
+escalation_check_s = 1.0
+http_port = {http_port}
+report_every_s = 10.0
+
+[[hospitals]]
+id = "st-marys"
+name = "St Mary's Hospital"
+latitude = 51.5175
+longitude = -0.1740
+pci = true
+stroke_centre = true
+trauma_level = 1
+backup_hospital_id = "city-general"
+
+[[hospitals]]
+id = "city-general"
+name = "City General Hospital"
+latitude = 51.4980
+longitude = -0.1180
+trauma_level = 3
+backup_hospital_id = "st-marys"
+
+[amqp]
+port = {amqp_port}
+"""
 
 
 @dataclass(frozen=True)
 class Ambulance:
     device_id: str
-    hospital: str
+    hospital: str | None  # the crew's choice; None lets the hub route to the nearest capable hospital
+    position: str  # LAT,LON
     replay: list[str]  # edge-agent replay arguments
 
 
 AMBULANCES = (
-    Ambulance("amb-01", "st-marys", ["--replay", "ktas", "--replay-start", "0", "--replay-interval", "2"]),
-    Ambulance("amb-02", "st-marys", ["--replay", "ktas", "--replay-start", "120", "--replay-interval", "2"]),
     Ambulance(
-        "amb-03", "city-general", ["--replay", "ktas", "--replay-start", "240", "--replay-interval", "2"]
+        "amb-01", "st-marys", "51.5230,-0.1580", ["--replay", "ktas", "--replay-start", "0", "--replay-interval", "2"]
+    ),
+    Ambulance(
+        "amb-02", "city-general", "51.5010,-0.1260",
+        ["--replay", "ktas", "--replay-start", "120", "--replay-interval", "2"],
+    ),
+    Ambulance(
+        "amb-03", None, "51.4950,-0.1000", ["--replay", "ktas", "--replay-start", "240", "--replay-interval", "2"]
     ),
     # One recorded ICU hour per second: a 48-hour stay plays in under a minute.
-    Ambulance("amb-04", "city-general", ["--replay", "physionet", "--replay-speed", "3600"]),
-)
+    Ambulance("amb-04", "city-general", "51.5100,-0.1400", ["--replay", "physionet", "--replay-speed", "3600"]),
+)  # fmt: skip
 
 
 class Process:
@@ -72,7 +118,7 @@ class Process:
         for line in stream:
             self._log.write(line)
             self._log.flush()
-            if echo and "ALERT" in line:
+            if echo and any(word in line for word in HOSPITAL_LINE_WORDS):
                 print(f"[{self.name}] {line.rstrip()}", flush=True)
 
     def log_contains(self, text: str) -> bool:
@@ -122,18 +168,31 @@ def _outbox_rows(path: Path) -> tuple[list[tuple[str, int, str]], dict[str, int]
     return [(path.stem, sequence, state) for sequence, state in rows], counters
 
 
-def _hub_counts(path: Path) -> tuple[set[tuple[str, int]], int]:
+def _hub_counts(path: Path) -> tuple[set[tuple[str, int]], int, dict[str, int]]:
+    """Return the stored result keys, the number of alerts and counts of alert states and events."""
     if not path.exists():
-        return set(), 0
+        return set(), 0, {}
     connection = sqlite3.connect(path)
     try:
         keys = set(connection.execute("SELECT device_id, sequence FROM triage_results").fetchall())
         alerts = connection.execute("SELECT count(*) FROM alerts").fetchone()[0]
+        states = dict(connection.execute("SELECT state, count(*) FROM alerts GROUP BY state").fetchall())
+        events = dict(connection.execute("SELECT kind, count(*) FROM alert_events GROUP BY kind").fetchall())
     except sqlite3.OperationalError:
-        return set(), 0
+        return set(), 0, {}
     finally:
         connection.close()
-    return keys, alerts
+    return (
+        keys,
+        alerts,
+        {
+            "acknowledged": states.get("acknowledged", 0),
+            "escalated": states.get("escalated", 0),
+            "waiting_for_acknowledgement": states.get("delivered", 0),
+            "resent": events.get("resent", 0),
+            "updated": events.get("updated", 0),
+        },
+    )
 
 
 def _alert_records(paths: list[Path]) -> list[dict]:
@@ -154,10 +213,17 @@ def summarize(run_dir: Path, ambulances: tuple[Ambulance, ...], duration_s: floa
         rejected += counters["frames_rejected"]
     sent = {(device, sequence) for device, sequence, state in created if state == "delivered"}
     pending = [(device, sequence) for device, sequence, state in created if state != "delivered"]
-    hub_keys, hub_alerts = _hub_counts(run_dir / "hub.sqlite")
+    hub_keys, hub_alerts, alert_counts = _hub_counts(run_dir / "hub.sqlite")
     records = _alert_records([run_dir / f"alerts-{hospital}.jsonl" for hospital in HOSPITALS])
-    first_arrivals = [record for record in records if not record["duplicate"]]
-    unique_alerts = {record["alert_id"] for record in records}
+    # Re-sends and updates are expected; a duplicate is the same message (kind, alert, attempt) twice.
+    alerts = [record for record in records if record["kind"] == "hospital_alert"]
+    unique_alerts = {record["alert_id"] for record in alerts}
+    # Latency is the path's speed: re-sends and escalations wait for a timer on purpose.
+    first_arrivals = [
+        record
+        for record in alerts
+        if record["attempt"] == 1 and not record["duplicate"] and not record.get("escalated_from")
+    ]
     latencies = [record["latency_ms"] for record in first_arrivals]
     return {
         "ambulances": len(ambulances),
@@ -171,8 +237,9 @@ def summarize(run_dir: Path, ambulances: tuple[Ambulance, ...], duration_s: floa
         "hub_received": len(hub_keys),
         "alerts_stored_by_hub": hub_alerts,
         "alerts_delivered": len(unique_alerts),
+        "alerts": alert_counts,
         "lost": len(sent - hub_keys),
-        "duplicates": len(records) - len(unique_alerts),
+        "duplicates": sum(1 for record in records if record["duplicate"]),
         "latency_ms": {
             "p50": _percentile(latencies, 0.50),
             "p99": _percentile(latencies, 0.99),
@@ -195,11 +262,15 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
     python = sys.executable
     processes: list[Process] = []
     try:
-        hospital_args = [arg for hospital in HOSPITALS for arg in ("--hospital", hospital)]
+        hub_config = run_dir / "hub.toml"
+        hub_config.write_text(
+            HUB_CONFIG.format(ack_timeout_s=ACK_TIMEOUT_S, http_port=HTTP_PORT, amqp_port=node.amqp_port),
+            encoding="utf-8",
+        )
         hub = Process(
             "hub",
-            [python, "-m", "cloud_hub.cli", "run", "--amqp-port", str(node.amqp_port),
-             "--store-url", f"sqlite:///{run_dir / 'hub.sqlite'}", *hospital_args],
+            [python, "-m", "cloud_hub.cli", "run", "--config", str(hub_config),
+             "--store-url", f"sqlite:///{run_dir / 'hub.sqlite'}"],
             run_dir / "hub.log",
         )  # fmt: skip
         processes.append(hub)
@@ -217,6 +288,11 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
                         str(node.amqp_port),
                         "--record",
                         str(run_dir / f"alerts-{hospital}.jsonl"),
+                        *(
+                            ["--acknowledge-after", str(ACKNOWLEDGE_AFTER_S[hospital])]
+                            if hospital in ACKNOWLEDGE_AFTER_S
+                            else []
+                        ),
                     ],
                     run_dir / f"listener-{hospital}.log",
                     echo=True,
@@ -225,13 +301,16 @@ def run_demo(duration_s: float, summary_path: Path, keep_node: bool) -> dict:
         if not _wait_for(lambda: hub.log_contains("hub consuming"), 120, "the hub to start consuming"):
             raise RuntimeError(f"the hub did not start; see {hub.log_path}")
         log.info("hub ready; starting %d ambulances for %.0f s", len(AMBULANCES), duration_s)
+        for hospital in HOSPITALS:
+            log.info("hospital board: http://127.0.0.1:%d/board/%s", HTTP_PORT, hospital)
 
         agents = []
         for ambulance in AMBULANCES:
             agent = Process(
                 ambulance.device_id,
                 [python, "-m", "edge_agent.cli", "run", "--device-id", ambulance.device_id,
-                 "--hospital", ambulance.hospital, "--mqtt-port", str(node.mqtt_port),
+                 *(["--hospital", ambulance.hospital] if ambulance.hospital else []),
+                 "--position", ambulance.position, "--mqtt-port", str(node.mqtt_port),
                  "--outbox", str(run_dir / f"{ambulance.device_id}.sqlite"),
                  "--duration", str(duration_s), "--drain-timeout", "30", *ambulance.replay],
                 run_dir / f"{ambulance.device_id}.log",

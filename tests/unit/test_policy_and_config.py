@@ -115,6 +115,19 @@ def test_news2_floor_alerts_even_when_models_say_routine() -> None:
     assert "red: " in decision.alert.reason
 
 
+def test_reason_names_positive_qsofa_and_shock_index() -> None:
+    window = [frame(hr_bpm=120, sbp_mmhg=95, rr_per_min=24)]
+    decision = decide(result_for(window, 2), summarize_window(window), scores(2), "h1")
+    assert decision.alert is not None
+    assert decision.alert.qsofa == 2
+    assert "qSOFA 2 (sepsis screen positive)" in decision.alert.reason
+    assert "shock index 1.26 (circulatory shock)" in decision.alert.reason
+    calm = decide(result_for([frame()], 2), summarize_window([frame()]), scores(2), "h1")
+    assert calm.alert is not None
+    assert "qSOFA" not in calm.alert.reason
+    assert "shock index" not in calm.alert.reason
+
+
 def test_alert_without_hub_model_uses_edge_scores() -> None:
     window = [frame()]
     decision = decide(result_for(window, 1), summarize_window(window), None, "h1")
@@ -174,3 +187,35 @@ def test_missing_field_error_omits_input() -> None:
         load_agent_config(None, {"device_id": "amb-1"})
     assert "outbox_path: Field required" in str(error.value)
     assert "got" not in str(error.value)
+
+
+def test_agent_position_needs_both_coordinates() -> None:
+    with pytest.raises(ConfigError, match="both latitude and longitude"):
+        load_agent_config(None, {"device_id": "amb-1", "outbox_path": "x.sqlite", "latitude": 51.5})
+
+
+def test_agent_position_from_command_line(tmp_path: Path) -> None:
+    from edge_agent.cli import _overrides, _parser
+
+    args = _parser().parse_args(
+        [
+            "run",
+            "--device-id",
+            "amb-1",
+            "--outbox",
+            str(tmp_path / "x.sqlite"),
+            "--position",
+            "51.5072,-0.1276",
+        ]
+    )
+    config = load_agent_config(None, _overrides(args))
+    assert config.position is not None
+    assert config.position.latitude == 51.5072
+    assert config.position.longitude == -0.1276
+
+
+def test_agent_position_invalid_text_rejected() -> None:
+    from edge_agent.cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--position", "north"])
