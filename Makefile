@@ -7,7 +7,7 @@ DURATION ?= 60
 PYTEST_ARGS ?=
 DATA_DIR ?= $(shell $(PYTHON) -c "import sys; sys.path.insert(0, '.'); from models.data_paths import default_data_dir; print(default_data_dir())" 2>/dev/null || echo ../shared/data)
 
-.PHONY: setup demo test bench-hub train report evaluate rabbitmq-start rabbitmq-stop clean
+.PHONY: setup demo test bench-hub soak train report evaluate rabbitmq-start rabbitmq-stop clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ BENCH_ARGS ?=
 bench-hub: setup
 	$(BIN)/python -m scripts.bench_hub $(BENCH_ARGS)
 
+# Not part of `make test`: about eight minutes of link cuts, broker, hub and agent restarts.
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
+
 train: setup
 	$(BIN)/python -m models.train
 	$(BIN)/python -m models.report
@@ -43,10 +48,11 @@ rabbitmq-stop: setup
 
 clean:
 	-$(BIN)/python -m scripts.rabbitmq_node stop
-	rm -rf .run demo-summary.json bench-hub.json
+	rm -rf .run demo-summary.json bench-hub.json soak-summary.json
 
 report: setup
 	$(BIN)/python -m models.report
 
+# `@` keeps the command line out of stdout, so `make evaluate > report.json` is valid JSON.
 evaluate: setup
-	$(BIN)/python -m models.evaluate --ktas $(DATA_DIR)/ktas/triage-moon-2019.csv --physionet $(DATA_DIR)/physionet-2012/set-a
+	@$(BIN)/python -m models.evaluate --ktas $(DATA_DIR)/ktas/triage-moon-2019.csv --physionet $(DATA_DIR)/physionet-2012/set-a

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             config = load_config(args.config)
-            print(f"{args.config}: valid hub configuration, hospitals {', '.join(config.hospitals)}")
+            names = ", ".join(hospital.id for hospital in config.hospitals)
+            print(f"{args.config}: valid hub configuration, hospitals {names}")
             return 0
         config = load_config(args.config, _overrides(args))
     except ConfigError as exc:

@@ -17,6 +17,11 @@ from models.triage import OperatingPoint, final_acuity
 from protocol import URGENT_ACUITY_MAX, EmergencyType, HospitalAlert, Scores, TrendPoint, TriageResult
 
 MAX_TREND_POINTS = 60
+MAX_REASON_CHARS = 400  # HospitalAlert.reason's limit
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -26,10 +31,12 @@ class Assessment:
     emergency_type: EmergencyType
     reason: str
     disagreement: bool
+    crew_prealert: bool = False
 
     @property
     def urgent(self) -> bool:
-        return self.acuity <= URGENT_ACUITY_MAX
+        """Whether the result alerts: an urgent level, or a pre-alert the crew asked for."""
+        return self.acuity <= URGENT_ACUITY_MAX or self.crew_prealert
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ def assess(
 
     # Every opinion is listed, urgent or not, so a reader sees when NEWS2 overruled both models.
     reasons = []
+    if result.crew_prealert:
+        reasons.append(f"crew pre-alert: {result.crew_note}" if result.crew_note else "crew pre-alert")
     if result.scores.model is not None:
         reasons.append(f"edge model KTAS {result.scores.model_acuity}")
     else:
@@ -96,7 +105,9 @@ def assess(
         and result.scores.model is not None
         and (result.acuity <= URGENT_ACUITY_MAX) != (hub_acuity <= URGENT_ACUITY_MAX)
     )
-    return Assessment(acuity, hub_acuity, scores.emergency_type, "; ".join(reasons), disagreement)
+    return Assessment(
+        acuity, hub_acuity, scores.emergency_type, "; ".join(reasons), disagreement, result.crew_prealert
+    )
 
 
 def trend_of(result: TriageResult) -> list[TrendPoint]:
@@ -136,7 +147,7 @@ def build_alert(
         frame_timestamp=result.frame_timestamp,
         acuity=assessment.acuity,
         emergency_type=assessment.emergency_type,
-        reason=assessment.reason,
+        reason=_clip(assessment.reason, MAX_REASON_CHARS),
         edge=result.scores,
         hub=hub_scores,
         disagreement=assessment.disagreement,

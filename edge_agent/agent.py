@@ -1,7 +1,10 @@
 """The edge agent: frames in, triage results into the outbox, outbox rows out over MQTT.
 
-One thread owns the outbox and the scoring; paho's thread only reports connection changes and PUBACKs
-through a queue. A row is marked delivered only when its PUBACK arrives.
+One thread owns the outbox and the scoring; the uplink's network thread only reports connection
+changes, PUBACKs and the hub's feedback through a queue. A row is marked delivered only when its
+PUBACK arrives. After a reconnect the backlog drains urgent rows first (see `Outbox.pending`).
+The crew terminal talks to the agent through the outbox file: it queues commands there and reads
+the results, the feedback and the agent's state.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from edge_agent.replay import ScheduledFrame
 from edge_agent.uplink import MqttUplink, UplinkEvent
 from models.ecg_strips import encode_strip_png, prepare_strip_image
 from models.series import SeriesAccumulator
-from protocol import GeoPosition, PatientContext, TriageResult, VitalsFrame
-from protocol.messages import describe_validation_error
-from protocol.topics import triage_topic
+from protocol import URGENT_ACUITY_MAX, AlertFeedback, GeoPosition, PatientContext, TriageResult, VitalsFrame
+from protocol.messages import ContractError, describe_validation_error, parse_message
+from protocol.topics import check_id, triage_topic
 
 log = logging.getLogger(__name__)
+
+COMMAND_POLL_S = 0.25
+COMMAND_MAX_AGE_S = 120.0
 
 Clock = Callable[[], datetime]
 
@@ -81,11 +87,23 @@ class EdgeAgent:
         # Events are handled on this thread after publish() has returned and the mid is recorded,
         # so a PUBACK that paho receives before publish() returns still finds its row.
         self._inflight_rows: set[int] = set()
+        self._next_command_check = 0.0
+        self.current_incident_id: str | None = None  # set by the crew terminal's "new incident"
 
     # --- frames to results -------------------------------------------------------------------
 
-    def handle_frame(self, incident_id: str, values: dict[str, Any]) -> TriageResult | None:
-        """Validate a frame, score its incident's window and store the result; None if rejected."""
+    def handle_frame(
+        self,
+        incident_id: str,
+        values: dict[str, Any],
+        *,
+        crew_prealert: bool = False,
+        crew_note: str | None = None,
+    ) -> TriageResult | None:
+        """Validate a frame, score its incident's window and store the result; None if rejected.
+
+        `crew_prealert` asks the hub to alert the hospital whatever the scores say.
+        """
         try:
             frame = VitalsFrame(
                 device_id=self.device_id, incident_id=incident_id, timestamp=self.clock(), **values
@@ -125,9 +143,11 @@ class EdgeAgent:
                 series=history,
                 ecg_strip_png=incident.ecg_strip_png,
                 position=self.position,
+                crew_prealert=crew_prealert,
+                crew_note=crew_note,
             )
 
-        result = self.outbox.add(build)
+        result = self.outbox.add(build, urgent=assessment.acuity <= URGENT_ACUITY_MAX or crew_prealert)
         log.debug(
             "result %d for incident %s: KTAS %d %s, NEWS2 %d",
             result.sequence, incident_id, result.acuity, result.emergency_type.value, result.news2.total,
@@ -186,21 +206,109 @@ class EdgeAgent:
                 # Drain what else is queued without waiting, then mark the batch at once.
                 deadline = min(deadline, time.monotonic())
             elif event.kind == "connected":
-                log.info("uplink connected; %d results pending", self.outbox.stats().pending)
+                stats = self.outbox.stats()
+                log.info(
+                    "uplink connected; %d results pending, %d of them urgent and sent first",
+                    stats.pending, stats.pending_urgent,
+                )  # fmt: skip
+                self.outbox.record_link("online", at=event.at)
+            elif event.kind == "disconnected":
+                self.outbox.record_link("offline", event.detail, at=event.at)
+            elif event.kind == "feedback":
+                self._record_feedback(event.payload)
         if acked:
             self.outbox.mark_delivered(acked)
         self._publish_pending()
+        if time.monotonic() >= self._next_command_check:
+            self._next_command_check = time.monotonic() + COMMAND_POLL_S
+            self.handle_commands()
 
     def _publish_pending(self) -> None:
         room = self.uplink.settings.max_inflight - len(self._inflight)
         if room <= 0 or not self.uplink.connected:
             return
-        for row in self.outbox.pending(room, exclude_ids=self._inflight_rows):
+        rows = self.outbox.pending(room, exclude_ids=self._inflight_rows)
+        if not rows:
+            return
+        # A routine row may not be on disk yet; once the hub has its sequence number, a power cut
+        # must not hand that number out again.
+        self.outbox.sync()
+        sent = []
+        for row in rows:
             mid = self.uplink.publish(self.topic, row.payload)
             if mid is None:
-                return
+                break
             self._inflight[mid] = row.id
             self._inflight_rows.add(row.id)
+            sent.append(row.id)
+        self.outbox.mark_sent(sent)
+
+    def _record_feedback(self, payload: bytes) -> None:
+        try:
+            feedback = parse_message(AlertFeedback, payload)
+        except ContractError as exc:
+            log.error("unreadable feedback from the hub ignored: %s", exc)
+            return
+        self.outbox.record_feedback(
+            feedback.alert_id, feedback.incident_id, feedback.hospital_id, feedback.state, feedback.at,
+            feedback.detail,
+        )  # fmt: skip
+        log.info("pre-alert %s at %s: %s", feedback.alert_id, feedback.hospital_id, feedback.state)
+
+    # --- commands from the crew terminal ---------------------------------------------------------
+
+    def handle_commands(self) -> None:
+        """Carry out the commands the crew terminal queued in the outbox, oldest first."""
+        for command in self.outbox.take_commands():
+            age_s = (utc_now() - command.created_at).total_seconds()
+            if age_s > COMMAND_MAX_AGE_S:
+                # Queued while no agent ran: a pre-alert or incident change from then is stale now.
+                detail = f"expired: queued {age_s:.0f} s before the agent took it (limit {COMMAND_MAX_AGE_S:.0f} s)"
+                log.warning("command %d (%s) %s", command.id, command.kind, detail)
+                self.outbox.finish_command(command.id, False, detail)
+                continue
+            try:
+                detail = self._run_command(command.kind, command.payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("command %d (%s) failed: %s", command.id, command.kind, exc)
+                self.outbox.finish_command(command.id, False, str(exc))
+            else:
+                log.info("command %d (%s): %s", command.id, command.kind, detail)
+                self.outbox.finish_command(command.id, True, detail)
+
+    def _run_command(self, kind: str, payload: dict[str, Any]) -> str:
+        if kind == "set_destination":
+            hospital = payload.get("hospital_id") or None
+            if hospital is not None:
+                check_id(str(hospital), "hospital id")
+            self.destination_hospital_id = hospital
+            self.outbox.set_state("destination_hospital_id", hospital)
+            return f"destination set to {hospital or 'the hub’s choice'}"
+        if kind == "new_incident":
+            incident_id = str(payload.get("incident_id") or f"inc-{self.clock():%Y%m%d-%H%M%S}")
+            check_id(incident_id, "incident id")
+            self.current_incident_id = incident_id
+            self.outbox.set_state("current_incident_id", incident_id)
+            return f"new incident {incident_id}"
+        if kind == "manual_prealert":
+            return self._manual_prealert(str(payload.get("note") or "")[:280], payload.get("incident_id"))
+        raise ValueError(f"unknown command {kind!r}: use set_destination, new_incident or manual_prealert")
+
+    def _manual_prealert(self, note: str, incident_id: str | None) -> str:
+        """Send a pre-alert for the incident's newest vitals, marked as the crew's request."""
+        incident_id = incident_id or self.current_incident_id or next(reversed(self._incidents), None)
+        if incident_id is None:
+            raise ValueError("no incident yet: start one or wait for the first vitals")
+        incident = self._incidents.get(incident_id)
+        if incident is None or not incident.window:
+            raise ValueError(f"no vitals recorded for incident {incident_id!r}")
+        latest = incident.window[-1].model_dump(
+            exclude={"device_id", "incident_id", "timestamp", "kind"}, exclude_none=True
+        )
+        result = self.handle_frame(incident_id, latest, crew_prealert=True, crew_note=note or None)
+        if result is None:
+            raise ValueError(f"the newest vitals of incident {incident_id!r} were rejected")
+        return f"pre-alert queued as result {result.sequence} for incident {incident_id}"
 
     @property
     def inflight(self) -> int:
@@ -218,6 +326,8 @@ class EdgeAgent:
         report_every_s: float = 10.0,
     ) -> None:
         """Play `frames` in real time until `stop` is set or `duration_s` passes, then drain."""
+        self.publish_state()
+        self.outbox.record_link("offline", "starting")
         self.uplink.start()
         started = time.monotonic()
         next_report = started + report_every_s
@@ -227,7 +337,7 @@ class EdgeAgent:
             if duration_s is not None and now - started >= duration_s:
                 break
             while upcoming is not None and started + upcoming.at_s <= now:
-                self.handle_frame(upcoming.incident_id, upcoming.values)
+                self.handle_frame(self.current_incident_id or upcoming.incident_id, upcoming.values)
                 upcoming = next(frames, None)
             wait_s = 0.05 if upcoming is None else min(0.05, max(0.0, started + upcoming.at_s - now))
             self.pump(wait_s)
@@ -252,7 +362,16 @@ class EdgeAgent:
             )
         self._report()
         self.uplink.stop()
+        self.outbox.record_link("offline", "agent stopped")
         return stats.pending == 0
+
+    def publish_state(self) -> None:
+        """Write what the crew terminal shows about the agent itself into the outbox's state table."""
+        self.outbox.set_state("device_id", self.device_id)
+        self.outbox.set_state("destination_hospital_id", self.destination_hospital_id)
+        self.outbox.set_state("scorer_mode", self.scorer.mode)
+        self.outbox.set_state("model_version", self.scorer.model.version if self.scorer.model else None)
+        self.outbox.set_state("max_rows", self.outbox.max_rows)
 
     def _report(self) -> None:
         stats = self.outbox.stats()

@@ -10,6 +10,7 @@ import argparse
 import logging
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--position",
         type=_position,
         metavar="LAT,LON",
-        help="fixed ambulance position in decimal degrees, e.g. 51.5072,-0.1276 (latitude, longitude)",
+        help="fixed ambulance position in decimal degrees, e.g. 51.5072,-0.1276 (latitude and longitude)",
     )
     run.add_argument("--mqtt-host", help="MQTT broker host ([mqtt] host)")
     run.add_argument("--mqtt-port", type=int, help="MQTT broker port ([mqtt] port)")
@@ -131,7 +132,18 @@ def run(config: AgentConfig, duration_s: float | None, drain_timeout_s: float) -
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"replay source {replay.source!r} cannot be opened: {exc}") from exc
     scorer = EdgeScorer(config.bundle_dir)
-    outbox = Outbox(config.outbox_path)
+    try:
+        outbox = Outbox(
+            config.outbox_path,
+            max_rows=config.outbox.max_rows,
+            warn_ratio=config.outbox.warn_ratio,
+            routine_synchronous=config.outbox.routine_synchronous,
+        )
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(
+            f"outbox {config.outbox_path} cannot be opened ({exc}); move the file aside for inspection and "
+            "start again to create a new one"
+        ) from exc
     events: queue.Queue[UplinkEvent] = queue.Queue()
     mqtt = config.mqtt
     uplink = MqttUplink(
@@ -145,6 +157,10 @@ def run(config: AgentConfig, duration_s: float | None, drain_timeout_s: float) -
             reconnect_min_s=mqtt.reconnect_min_s,
             reconnect_max_s=mqtt.reconnect_max_s,
             max_inflight=mqtt.max_inflight,
+            tls=mqtt.tls,
+            tls_ca_file=mqtt.tls_ca_file,
+            tls_cert_file=mqtt.tls_cert_file,
+            tls_key_file=mqtt.tls_key_file,
         ),
         events,
     )

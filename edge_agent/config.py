@@ -25,6 +25,14 @@ class MqttConfig(StrictSettings):
     reconnect_min_s: float = Field(default=1.0, ge=0.1, le=60, description="first reconnect delay")
     reconnect_max_s: float = Field(default=30.0, ge=1, le=600, description="longest reconnect delay")
     max_inflight: int = Field(default=100, ge=1, le=1000, description="unacknowledged messages at most")
+    tls: bool = Field(
+        default=False, description="connect over TLS (RabbitMQ's MQTT TLS listener, usually 8883)"
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signed the broker's certificate; the system's when unset"
+    )
+    tls_cert_file: Path | None = Field(default=None, description="this device's client certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="this device's private key (PEM)")
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> MqttConfig:
@@ -32,6 +40,18 @@ class MqttConfig(StrictSettings):
             raise ValueError(
                 f"reconnect_max_s {self.reconnect_max_s} is below reconnect_min_s {self.reconnect_min_s}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        files = [self.tls_ca_file, self.tls_cert_file, self.tls_key_file]
+        if not self.tls and any(files):
+            raise ValueError("TLS files are set but tls is false: set tls = true to use them")
+        for path in files:
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} not found: check the path")
         return self
 
     def password(self) -> str | None:
@@ -52,6 +72,17 @@ class ReplayConfig(StrictSettings):
     stays: int = Field(default=3, ge=1, le=5000, description="PhysioNet stays to play")
 
 
+class OutboxConfig(StrictSettings):
+    max_rows: int = Field(
+        default=100_000, ge=10, le=10_000_000, description="results kept at most before eviction"
+    )
+    warn_ratio: float = Field(default=0.8, gt=0, le=1, description="warn when this share of max_rows is used")
+    routine_synchronous: Literal["full", "normal"] = Field(
+        default="normal",
+        description="disk flush for routine results: normal survives a crash, full also a power cut",
+    )
+
+
 class AgentConfig(StrictSettings):
     device_id: Identifier = Field(description="ambulance id, one MQTT topic level")
     destination_hospital_id: Identifier | None = Field(
@@ -66,6 +97,7 @@ class AgentConfig(StrictSettings):
     latitude: float | None = Field(default=None, ge=-90, le=90, description="ambulance position, WGS 84")
     longitude: float | None = Field(default=None, ge=-180, le=180, description="ambulance position, WGS 84")
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
     @model_validator(mode="after")
@@ -86,4 +118,4 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> A
     return load_settings(AgentConfig, path, overrides)
 
 
-__all__ = ["AgentConfig", "ConfigError", "MqttConfig", "ReplayConfig", "load_config"]
+__all__ = ["AgentConfig", "ConfigError", "MqttConfig", "OutboxConfig", "ReplayConfig", "load_config"]

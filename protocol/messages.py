@@ -250,6 +250,10 @@ class TriageResult(_Contract):
         description="base64 PNG of the prepared ECG strip image the model scored, if the crew sent one",
     )
     position: GeoPosition | None = Field(default=None, description="where the ambulance was when it scored")
+    crew_prealert: bool = Field(
+        default=False, description="the crew asked for a pre-alert whatever the scores say"
+    )
+    crew_note: str | None = Field(default=None, max_length=280, description="the crew's note to the hospital")
 
     @model_validator(mode="after")
     def _window_matches(self) -> TriageResult:
@@ -313,8 +317,9 @@ def describe_validation_error(name: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         location = ".".join(str(part) for part in error["loc"]) or "(message)"
-        if error["type"] == "missing":
-            # The input of a missing field is the enclosing object, which says nothing useful.
+        if error["type"] == "missing" or not error["loc"]:
+            # The input of a missing field, or of a check across fields, is the enclosing object,
+            # which says nothing useful; the message names the values itself.
             problems.append(f"{location}: {error['msg']}")
             continue
         value = repr(error.get("input"))

@@ -41,6 +41,11 @@ class RabbitNode:
     mqtt_port: int = 1893
     dist_port: int = 25682
     data_dir: Path = field(default=Path())
+    # MQTT over TLS: a port and a folder holding ca.pem, server.pem and server.key.
+    mqtt_tls_port: int | None = None
+    tls_dir: Path | None = None
+    # False requires every MQTT client to log in with its own user (see `add_user`).
+    allow_anonymous: bool = True
 
     def __post_init__(self) -> None:
         if self.data_dir == Path():
@@ -82,22 +87,29 @@ class RabbitNode:
         (self.data_dir / "rabbitmq-env.conf").write_text("", encoding="utf-8")
         (self.data_dir / "advanced.config").write_text("[].\n", encoding="utf-8")
         (self.data_dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n", encoding="utf-8")
-        (self.data_dir / "rabbitmq.conf").write_text(
-            "\n".join(
-                [
-                    f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}",
-                    f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}",
-                    # Anonymous MQTT clients act as guest, whom RabbitMQ admits from loopback only.
-                    "mqtt.allow_anonymous = true",
-                    "mqtt.default_user = guest",
-                    "mqtt.default_pass = guest",
-                    "log.console = false",
-                    "log.file.level = info",
-                    "",
-                ]
-            ),
-            encoding="utf-8",
-        )
+        lines = [
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}",
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}",
+            "log.console = false",
+            "log.file.level = info",
+        ]
+        if self.allow_anonymous:
+            # Anonymous MQTT clients act as guest, whom RabbitMQ admits from loopback only.
+            lines += ["mqtt.allow_anonymous = true", "mqtt.default_user = guest", "mqtt.default_pass = guest"]
+        else:
+            lines += ["mqtt.allow_anonymous = false"]
+        if self.mqtt_tls_port is not None:
+            if self.tls_dir is None:
+                raise NodeError("mqtt_tls_port needs tls_dir with ca.pem, server.pem and server.key")
+            lines += [
+                f"mqtt.listeners.ssl.default = 127.0.0.1:{self.mqtt_tls_port}",
+                f"ssl_options.cacertfile = {self.tls_dir / 'ca.pem'}",
+                f"ssl_options.certfile = {self.tls_dir / 'server.pem'}",
+                f"ssl_options.keyfile = {self.tls_dir / 'server.key'}",
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
+        (self.data_dir / "rabbitmq.conf").write_text("\n".join([*lines, ""]), encoding="utf-8")
 
     def _pid(self) -> int | None:
         try:
@@ -154,7 +166,8 @@ class RabbitNode:
                     f"RabbitMQ node {self.node_name} exited with status {process.returncode} during "
                     f"start-up; see {self.data_dir / 'server-output.log'} and {self.log_file}"
                 )
-            if _port_open(self.amqp_port) and _port_open(self.mqtt_port):
+            tls_ready = self.mqtt_tls_port is None or _port_open(self.mqtt_tls_port)
+            if _port_open(self.amqp_port) and _port_open(self.mqtt_port) and tls_ready:
                 log.info(
                     "node %s ready in %.1f s: AMQP 127.0.0.1:%d, MQTT 127.0.0.1:%d",
                     self.node_name, time.monotonic() - started, self.amqp_port, self.mqtt_port,
@@ -191,6 +204,37 @@ class RabbitNode:
             log.warning("node %s still running; killing pid %d", self.node_name, pid)
             os.kill(pid, signal.SIGKILL)
         (self.data_dir / "node.pid").unlink(missing_ok=True)
+
+    def ctl(self, *args: str, timeout_s: float = 60.0) -> str:
+        """Run rabbitmqctl against this node; raise NodeError with its output when it fails."""
+        completed = subprocess.run(
+            [str(CTL), "-n", self.node_name, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise NodeError(
+                f"rabbitmqctl {' '.join(args)} failed: {completed.stderr.strip() or completed.stdout}"
+            )
+        return completed.stdout
+
+    def add_device_user(self, device_id: str, password: str) -> None:
+        """Create an MQTT user for one ambulance that may use only its own topics and session queue.
+
+        The MQTT plugin names a client's subscription queue `mqtt-subscription-<client id>qos<n>` and
+        publishes to `amq.topic`; topic permissions limit routing keys to `ambulance.<device>.*`.
+        """
+        own_queue = f"mqtt-subscription-{device_id}qos"
+        self.ctl("add_user", device_id, password)
+        self.ctl(
+            "set_permissions", "-p", "/", device_id,
+            f"^{own_queue}", f"^(amq\\.topic|{own_queue}.*)$", f"^(amq\\.topic|{own_queue}.*)$",
+        )  # fmt: skip
+        own_topics = f"^ambulance\\.{device_id}\\..*"
+        self.ctl("set_topic_permissions", "-p", "/", device_id, "amq.topic", own_topics, own_topics)
 
     def kill(self) -> None:
         """Kill the node abruptly (SIGKILL), as a crash or power loss would."""

@@ -1,1 +1,1 @@
-"""Textual terminal for the crew in the back of the ambulance (not built yet)."""
+"""Textual terminal for the crew in the back of the ambulance: `ambulance-terminal` (see `tui.app`)."""

@@ -182,6 +182,27 @@ def test_example_configs_are_valid() -> None:
     assert [hospital.id for hospital in hub.hospitals] == ["st-marys", "city-general"]
 
 
+def test_check_config_commands_accept_examples(capsys) -> None:
+    from cloud_hub.cli import main as hub_main
+    from edge_agent.cli import main as agent_main
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert hub_main(["check-config", str(examples / "hub.toml")]) == 0
+    assert "hospitals st-marys, city-general" in capsys.readouterr().out
+    assert agent_main(["check-config", str(examples / "edge-agent.toml")]) == 0
+    assert "valid configuration for device amb-01" in capsys.readouterr().out
+
+
+def test_backup_error_names_value_only(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('[[hospitals]]\nid = "a"\nbackup_hospital_id = "b"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_hub_config(path)
+    message = str(caught.value)
+    assert "backup_hospital_id 'b' is not among" in message
+    assert "got {" not in message
+
+
 def test_missing_field_error_omits_input() -> None:
     with pytest.raises(ConfigError) as error:
         load_agent_config(None, {"device_id": "amb-1"})
