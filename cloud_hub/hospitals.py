@@ -36,9 +36,7 @@ class Hospital(StrictSettings):
 
     @property
     def position(self) -> GeoPosition | None:
-        if self.latitude is None or self.longitude is None:
-            return None
-        return GeoPosition(latitude=self.latitude, longitude=self.longitude)
+        return GeoPosition.optional(self.latitude, self.longitude)
 
     @property
     def label(self) -> str:

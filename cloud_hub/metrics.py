@@ -58,7 +58,10 @@ class HubMetrics:
             "hub_escalations", "Alerts escalated to a backup hospital", registry=self.registry
         )
         self.consumer_lag = Gauge(
-            "hub_consumer_lag_messages", "Messages waiting in the triage queue", registry=self.registry
+            "hub_consumer_lag_messages",
+            "Messages waiting in a triage queue (the urgent or the routine lane)",
+            ["queue"],
+            registry=self.registry,
         )
         self.unconfirmed = Gauge(
             "hub_unconfirmed_publishes",

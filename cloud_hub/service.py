@@ -43,6 +43,7 @@ from protocol.topics import (
     DEAD_LETTER_EXCHANGE,
     HUB_ACK_QUEUE,
     HUB_TRIAGE_QUEUE,
+    HUB_URGENT_QUEUE,
     MQTT_EXCHANGE,
     ORIGINAL_ROUTING_KEY_HEADER,
     REJECTION_REASON_HEADER,
@@ -273,6 +274,7 @@ class HubService:
     def _start_consuming(self) -> None:
         assert self._consume_channel is not None and self._connection is not None
         self._consumer_tags = [
+            self._consume_channel.basic_consume(HUB_URGENT_QUEUE, self._on_triage_delivery),
             self._consume_channel.basic_consume(HUB_TRIAGE_QUEUE, self._on_triage_delivery),
             self._consume_channel.basic_consume(HUB_ACK_QUEUE, self._on_ack_delivery),
         ]
@@ -281,8 +283,8 @@ class HubService:
         self.metrics.connected.set(1)
         amqp = self.config.amqp
         log.info(
-            "hub consuming %s and %s on %s:%d (prefetch %d, batches of up to %d in %.1f ms), hospitals %s",
-            HUB_TRIAGE_QUEUE, HUB_ACK_QUEUE, amqp.host, amqp.port, amqp.prefetch, self.config.batch_size,
+            "hub consuming %s, %s and %s on %s:%d (prefetch %d, batches of up to %d in %.1f ms), hospitals %s",
+            HUB_URGENT_QUEUE, HUB_TRIAGE_QUEUE, HUB_ACK_QUEUE, amqp.host, amqp.port, amqp.prefetch, self.config.batch_size,
             self.config.batch_wait_ms, ", ".join(h.id for h in self.config.hospitals),
         )  # fmt: skip
         self._sweep_outbox(everything=True)
@@ -638,11 +640,14 @@ class HubService:
         self.engine.request("check_overdue", [], checked)
         self._sweep_outbox()
         if self._consume_channel is not None and self._consume_channel.is_open:
-            self._consume_channel.queue_declare(
-                HUB_TRIAGE_QUEUE,
-                passive=True,
-                callback=lambda frame: self.metrics.consumer_lag.set(frame.method.message_count),
-            )
+            for queue_name in (HUB_URGENT_QUEUE, HUB_TRIAGE_QUEUE):
+                self._consume_channel.queue_declare(
+                    queue_name,
+                    passive=True,
+                    callback=lambda frame, lane=queue_name: self.metrics.consumer_lag.labels(lane).set(
+                        frame.method.message_count
+                    ),
+                )
         self._connection.ioloop.call_later(self.config.escalation_check_s, self._on_timer)
 
     def _restart_engine(self) -> None:

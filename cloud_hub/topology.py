@@ -18,8 +18,10 @@ from protocol.topics import (
     HOSPITAL_EXCHANGE,
     HUB_ACK_QUEUE,
     HUB_TRIAGE_QUEUE,
+    HUB_URGENT_QUEUE,
     MQTT_EXCHANGE,
     TRIAGE_BINDING_KEY,
+    URGENT_BINDING_KEY,
     hospital_queue,
     hospital_routing_key,
 )
@@ -35,17 +37,16 @@ def declare_hub_topology(channel: BlockingChannel) -> None:
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
     channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
     channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)
-    channel.queue_declare(
-        HUB_TRIAGE_QUEUE,
-        durable=True,
-        arguments={
-            **QUORUM,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-delivery-limit": DELIVERY_LIMIT,
-        },
-    )
+    triage_arguments = {
+        **QUORUM,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+    channel.queue_declare(HUB_TRIAGE_QUEUE, durable=True, arguments=triage_arguments)
     channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=TRIAGE_BINDING_KEY)
     channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=CONTROL_BINDING_KEY)
+    channel.queue_declare(HUB_URGENT_QUEUE, durable=True, arguments=triage_arguments)
+    channel.queue_bind(HUB_URGENT_QUEUE, MQTT_EXCHANGE, routing_key=URGENT_BINDING_KEY)
     channel.exchange_declare(HOSPITAL_EXCHANGE, exchange_type="topic", durable=True)
     channel.exchange_declare(HOSPITAL_ACK_EXCHANGE, exchange_type="topic", durable=True)
     channel.queue_declare(HUB_ACK_QUEUE, durable=True, arguments=QUORUM)

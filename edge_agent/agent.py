@@ -30,7 +30,7 @@ from models.ecg_strips import encode_strip_png, prepare_strip_image
 from models.series import SeriesAccumulator
 from protocol import URGENT_ACUITY_MAX, AlertFeedback, GeoPosition, PatientContext, TriageResult, VitalsFrame
 from protocol.messages import ContractError, describe_validation_error, parse_message
-from protocol.topics import check_id, triage_topic
+from protocol.topics import check_id, triage_topic, urgent_topic
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class EdgeAgent:
         self.position = position  # sent with each result, for the hub's routing and ETA
         self.clock = clock
         self.topic = triage_topic(device_id)
+        self.urgent_topic = urgent_topic(device_id)
         self._incidents: OrderedDict[str, IncidentState] = OrderedDict()
         self._inflight: dict[int, int] = {}  # MQTT message id -> outbox row id
         # Events are handled on this thread after publish() has returned and the mid is recorded,
@@ -102,7 +103,7 @@ class EdgeAgent:
     ) -> TriageResult | None:
         """Validate a frame, score its incident's window and store the result; None if rejected.
 
-        `crew_prealert` asks the hub to alert the hospital whatever the scores say.
+        `crew_prealert` requests an alert to the hospital whatever the scores are.
         """
         try:
             frame = VitalsFrame(
@@ -230,12 +231,12 @@ class EdgeAgent:
         rows = self.outbox.pending(room, exclude_ids=self._inflight_rows)
         if not rows:
             return
-        # A routine row may not be on disk yet; once the hub has its sequence number, a power cut
-        # must not hand that number out again.
+        # A routine row may not be on disk yet. Once the hub has its sequence number, a power cut
+        # must not hand that number out again, so it is flushed first.
         self.outbox.sync()
         sent = []
         for row in rows:
-            mid = self.uplink.publish(self.topic, row.payload)
+            mid = self.uplink.publish(self.urgent_topic if row.urgent else self.topic, row.payload)
             if mid is None:
                 break
             self._inflight[mid] = row.id

@@ -108,9 +108,7 @@ class AgentConfig(StrictSettings):
 
     @property
     def position(self) -> GeoPosition | None:
-        if self.latitude is None or self.longitude is None:
-            return None
-        return GeoPosition(latitude=self.latitude, longitude=self.longitude)
+        return GeoPosition.optional(self.latitude, self.longitude)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> AgentConfig:

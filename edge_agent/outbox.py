@@ -12,7 +12,7 @@ Order and priority. The per-device sequence number is allocated in the same tran
 that uses it and is kept in a counter row, so it keeps increasing across restarts even after rows
 are evicted. `pending` returns urgent rows first, then the rest, each in sequence order.
 
-Capacity. The outbox holds at most `max_rows` results. Past that it evicts delivered rows first,
+Capacity. The outbox contains at most `max_rows` results. Past that it evicts delivered rows first,
 oldest first, then undelivered routine rows, oldest first, and records each evicted routine row in
 `evicted`. It never evicts an undelivered urgent row: with only those left it grows past the bound
 and logs an error. A warning is logged, and kept in `warnings`, when the outbox reaches
@@ -218,7 +218,7 @@ class Outbox:
     def add(self, build: Callable[[int], TriageResult], *, urgent: bool | None = None) -> TriageResult:
         """Allocate the next sequence number, build the result with it and store both in one transaction.
 
-        `urgent` says whether the result can raise an alert, which decides how the commit is flushed.
+        `urgent` marks a result that can raise an alert, and decides how the commit is flushed.
         None flushes it like an urgent one and takes the urgency from the result.
         """
         durable = urgent is not False or self.routine_synchronous == "full"
@@ -305,7 +305,7 @@ class Outbox:
                 )  # fmt: skip
         if excess > 0:
             log.error(
-                "outbox holds %d rows, over its bound of %d, and every remaining row is an undelivered "
+                "outbox contains %d rows, over its bound of %d, and every remaining row is an undelivered "
                 "urgent result, which is never evicted; restore coverage or raise outbox max_rows",
                 self._rows, self.max_rows,
             )  # fmt: skip

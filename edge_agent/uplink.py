@@ -57,7 +57,7 @@ class MqttSettings:
     max_inflight: int = 100
     tls: bool = False
     tls_ca_file: Path | None = None  # the CA that signed the broker's certificate; the system's if None
-    tls_cert_file: Path | None = None  # client certificate, when the broker asks for one
+    tls_cert_file: Path | None = None  # client certificate, when the broker requests one
     tls_key_file: Path | None = None
     connect_timeout_s: float = 5.0
 

@@ -222,6 +222,13 @@ class GeoPosition(_Contract):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
 
+    @classmethod
+    def optional(cls, latitude: float | None, longitude: float | None) -> GeoPosition | None:
+        """Return the position, or None unless both coordinates are given."""
+        if latitude is None or longitude is None:
+            return None
+        return cls(latitude=latitude, longitude=longitude)
+
 
 class TriageResult(_Contract):
     """The edge agent's assessment of one patient, computed from a window of vitals frames."""

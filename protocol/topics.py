@@ -18,6 +18,10 @@ MQTT_EXCHANGE = "amq.topic"
 TRIAGE_BINDING_KEY = "ambulance.*.triage"
 CONTROL_BINDING_KEY = "ambulance.*.control"
 HUB_TRIAGE_QUEUE = "hub.triage"
+# Urgent results travel in a lane of their own, so after a fleet-wide reconnect they do not wait in
+# the hub's queue behind every ambulance's routine backlog. Order is kept within each lane.
+URGENT_BINDING_KEY = "ambulance.*.urgent"
+HUB_URGENT_QUEUE = "hub.triage.urgent"
 
 DEAD_LETTER_EXCHANGE = "hub.dead-letter"
 DEAD_LETTER_QUEUE = "hub.triage.dead-letter"
@@ -45,6 +49,11 @@ def triage_topic(device_id: str) -> str:
     return f"ambulance/{check_id(device_id, 'device id')}/triage"
 
 
+def urgent_topic(device_id: str) -> str:
+    """Return the topic of a device's urgent results (alert-worthy), consumed ahead of routine ones."""
+    return f"ambulance/{check_id(device_id, 'device id')}/urgent"
+
+
 def status_topic(device_id: str) -> str:
     return f"ambulance/{check_id(device_id, 'device id')}/status"
 
@@ -68,9 +77,9 @@ def mqtt_topic_to_routing_key(topic: str) -> str:
 
 
 def device_id_from_routing_key(routing_key: str) -> str | None:
-    """Return the device of an `ambulance.<device>.triage` or `.control` routing key, else None."""
+    """Return the device of an `ambulance.<device>.triage`, `.urgent` or `.control` routing key, else None."""
     parts = routing_key.split(".")
-    if len(parts) == 3 and parts[0] == "ambulance" and parts[2] in ("triage", "control"):
+    if len(parts) == 3 and parts[0] == "ambulance" and parts[2] in ("triage", "urgent", "control"):
         return parts[1]
     return None
 

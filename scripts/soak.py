@@ -13,8 +13,10 @@ stops everything and writes a JSON summary (`soak-summary.json`):
 - `duplicate_alerts`: the same hospital alert (id and attempt) received twice
 - `out_of_order`: results the hub stored after a higher sequence number of the same ambulance and
   priority class (urgent results overtake routine ones after a reconnect on purpose)
-- `max_drain_rate_per_s`: the fastest backlog drain after a reconnect, from the reconnect to the
-  last backlog result stored by the hub, over backlogs of 200 results or more
+- `max_drain_rate_per_s`: the fastest backlog drain of one agent after a reconnect, from the
+  reconnect to the last backlog result stored by the hub, over backlogs of 200 results or more
+- `fleet_drain`: at the end every link is cut for `--fleet-cut-s` and restored at once; the backlog
+  of all agents and its rate, from the restore to the last backlog result stored
 - `first_urgent_after_reconnect_ms`: from an agent's reconnect to the hub storing the first urgent
   result of its backlog, over reconnects after link cuts while the broker and the hub were up
 
@@ -130,6 +132,7 @@ class Faults:
     agent_kills: int = 0
     # Times when the broker or the hub was down, so reconnects then are not judged on latency.
     outages: list[tuple[datetime, datetime]] = field(default_factory=list)
+    fleet_restored_at: datetime | None = None
 
 
 def _python(*module_args: str) -> list[str]:
@@ -203,9 +206,19 @@ def run(args: argparse.Namespace) -> dict:
             agent.start()
         log.info("soak running in %s: %d agents at %.0f results/s each", run_dir, args.agents, args.rate)
         _play(build_schedule(args, rng), node, hub, agents, proxies, faults)
-        log.info("faults done; restoring every link and letting the agents drain")
+        log.info("faults done; restoring every link")
         for proxy in proxies:
             proxy.restore()
+        time.sleep(10)
+        # The whole fleet out of coverage at once, then back at once: the backlog drain rate.
+        log.info("fleet drain: every link cut for %.0f s, then restored at once", args.fleet_cut_s)
+        for proxy in proxies:
+            proxy.cut()
+        time.sleep(args.fleet_cut_s)
+        faults.fleet_restored_at = _now()
+        for proxy in proxies:
+            proxy.restore()
+        log.info("links restored; letting the agents drain")
         time.sleep(5)
         for agent in agents:
             agent.signal(signal.SIGTERM)
@@ -288,6 +301,7 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
     stored_keys = {(row.device_id, row.sequence) for row in stored}
     received_at = {(row.device_id, row.sequence): row.received_at for row in stored}
     sent: set[tuple[str, int]] = set()
+    created_at: dict[tuple[str, int], datetime] = {}
     pending = 0
     drain_rates: list[float] = []
     first_urgent_ms: list[float] = []
@@ -301,6 +315,7 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
                 sequence: _parse(at)
                 for sequence, at in db.execute("SELECT sequence, created_at FROM results")
             }
+        created_at.update({(device, sequence): made for sequence, made in created.items()})
         urgent = {row.sequence for row in rows if row.urgent}
         for at, state in link_events(outbox):
             if state != "online":
@@ -317,6 +332,18 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
             if urgent_backlog and not during_outage:
                 first_urgent_ms.append((min(urgent_backlog) - at).total_seconds() * 1000)
     alerts = read_alert_records(run_dir / "alerts.jsonl")
+    fleet_rate = None
+    fleet_backlog = 0
+    if faults.fleet_restored_at is not None:
+        restored = faults.fleet_restored_at
+        backlog_rows = [
+            row for row in stored
+            if row.received_at >= restored and created_at[(row.device_id, row.sequence)] < restored
+        ]  # fmt: skip
+        fleet_backlog = len(backlog_rows)
+        if backlog_rows:
+            last = max(row.received_at for row in backlog_rows)
+            fleet_rate = round(fleet_backlog / max((last - restored).total_seconds(), 1e-3), 1)
     return {
         "agents": len(devices),
         "duration_s": args.fault_span_s,
@@ -336,6 +363,7 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
         "out_of_order": out_of_order(stored),
         "max_drain_rate_per_s": round(max(drain_rates), 1) if drain_rates else None,
         "drain_rates_measured": len(drain_rates),
+        "fleet_drain": {"backlog": fleet_backlog, "rate_per_s": fleet_rate},
         "first_urgent_after_reconnect_ms": {
             "max": round(max(first_urgent_ms), 1) if first_urgent_ms else None,
             "p50": round(statistics.median(first_urgent_ms), 1) if first_urgent_ms else None,
@@ -366,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-kills", type=int, default=2, help="kill -9 of an agent mid-stream")
     parser.add_argument(
         "--fault-span-s", type=float, default=240.0, help="seconds over which faults are spread"
+    )
+    parser.add_argument(
+        "--fleet-cut-s",
+        type=float,
+        default=60.0,
+        help="the last cut, of every link at once, for the drain rate",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--summary", type=Path, default=PROJECT_DIR / "soak-summary.json")

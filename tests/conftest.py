@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,19 +27,43 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-@pytest.fixture(scope="session")
-def rabbit_node() -> Iterator[RabbitNode]:  # noqa: F821
-    """A RabbitMQ node with the MQTT plugin, private to this test session, on its own ports."""
+@contextmanager
+def private_node(
+    name: str, amqp_port: int, mqtt_port: int, dist_port: int, **options
+) -> Iterator[RabbitNode]:  # noqa: F821
+    """Run a RabbitMQ node with the MQTT plugin in a temporary folder on its own ports, then remove it.
+
+    `options` are further RabbitNode fields (TLS, anonymous access); a TLS node's `tls_dir` may lie
+    inside the temporary folder, which is passed to a callable `tls_dir`.
+    """
     from scripts.rabbitmq_node import RabbitNode
 
-    data = Path(tempfile.mkdtemp(prefix="ambulance-test-rabbitmq-"))
-    node = RabbitNode(name="ambulance-test", amqp_port=5686, mqtt_port=1897, dist_port=25686, data_dir=data)
+    data = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    if callable(options.get("tls_dir")):
+        options["tls_dir"] = options["tls_dir"](data)
+    node = RabbitNode(
+        name=name,
+        amqp_port=amqp_port,
+        mqtt_port=mqtt_port,
+        dist_port=dist_port,
+        data_dir=data / "node",
+        **options,
+    )
     if node.is_running():
         node.stop()
     node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rabbit_node() -> Iterator[RabbitNode]:  # noqa: F821
+    """A RabbitMQ node with the MQTT plugin, private to this test session, on its own ports."""
+    with private_node("ambulance-test", 5686, 1897, 25686) as node:
+        yield node
 
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -186,7 +186,12 @@ def test_crew_reroute_cancels_old_alert(setup) -> None:
         [ambulance.delivery(ambulance.result("inc-1", CRITICAL, destination_hospital_id="city-general"))]
     )
     # Messages to hospitals come first (stored, confirmed), then the crew's feedback (published only).
-    assert kinds(rerouted.publish) == ["alert_cancellation", "hospital_alert", "alert_feedback", "alert_feedback"]
+    assert kinds(rerouted.publish) == [
+        "alert_cancellation",
+        "hospital_alert",
+        "alert_feedback",
+        "alert_feedback",
+    ]
     assert json.loads(rerouted.publish[0].body)["hospital_id"] == "st-marys"
     assert json.loads(rerouted.publish[1].body)["hospital_id"] == "city-general"
     assert store.alert(old_id).state == ALERT_CANCELLED

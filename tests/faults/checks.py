@@ -1,8 +1,8 @@
 """Reconcile what the ambulances sent with what the hub stored and the hospitals received.
 
-Shared by the fault tests and `make soak`. Order is checked per device within each priority class:
-after a reconnect an agent sends its urgent backlog first, on purpose, so an urgent result may
-overtake older routine ones, but within a class the hub must store results in sequence order.
+Shared by the fault tests and `make soak`. Order is checked per device within each priority class.
+After a reconnect an agent sends its urgent backlog first, on purpose, so an urgent result may
+overtake older routine ones. Within a class the hub must store results in sequence order.
 """
 
 from __future__ import annotations

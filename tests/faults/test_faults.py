@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,6 +29,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.uplink import MqttSettings, MqttUplink, UplinkEvent
 from protocol.topics import hospital_queue
 from scripts.rabbitmq_node import RabbitNode
+from tests.conftest import private_node
 from tests.integration.conftest import CRITICAL, NORMAL, read_queue, start_hub, unique, wait_until
 
 from .checks import describe_out_of_order, edge_rows, hub_rows, link_events, out_of_order
@@ -44,14 +43,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def fault_node() -> Iterator[RabbitNode]:
     """A node of this module's own, so restarting it disturbs no other test."""
-    data = Path(tempfile.mkdtemp(prefix="rabbitmq-faults-"))
-    node = RabbitNode(name="ambulance-faults", amqp_port=5694, mqtt_port=1905, dist_port=25694, data_dir=data)
-    if node.is_running():
-        node.stop()
-    node.start()
-    yield node
-    node.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    with private_node("ambulance-faults", 5694, 1905, 25694) as node:
+        yield node
 
 
 class Driver:
@@ -131,6 +124,14 @@ class Driver:
         self.proxy.stop()
 
 
+def drain_all(drivers: list[Driver], store_path: Path, timeout_s: float = 30.0) -> None:
+    """Stop producing, let every agent empty its outbox and wait until the hub stored everything."""
+    for driver in drivers:
+        assert driver.finish(timeout_s), f"{driver.device_id} did not drain"
+    total = sum(driver.created for driver in drivers)
+    assert wait_until(lambda: len(hub_rows(store_path)) == total, timeout_s), "the hub did not catch up"
+
+
 def assert_reconciled(drivers: list[Driver], store_path: Path, amqp_port: int, hospital: str) -> None:
     stored = hub_rows(store_path)
     for driver in drivers:
@@ -184,9 +185,7 @@ def test_cuts_and_slow_link_lose_nothing(fault_node, hub_setup, tmp_path: Path) 
         drivers[0].proxy.slow(0.2)
         time.sleep(1)
         drivers[0].proxy.restore()
-        for driver in drivers:
-            assert driver.finish(30), f"{driver.device_id} did not drain"
-        assert wait_until(lambda: len(hub_rows(store_path)) == sum(d.created for d in drivers), 20)
+        drain_all(drivers, store_path)
     finally:
         for driver in drivers:
             driver.close()
@@ -202,8 +201,7 @@ def test_backlog_drains_urgent_first(fault_node, hub_setup, tmp_path: Path) -> N
         assert wait_until(lambda: driver.created >= 200, 20)
         driver.pause()
         driver.proxy.restore()
-        assert driver.finish(30)
-        assert wait_until(lambda: len(hub_rows(store_path)) == driver.created, 20)
+        drain_all([driver], store_path)
     finally:
         driver.close()
     stored = [row for row in hub_rows(store_path) if row.device_id == driver.device_id]
@@ -226,8 +224,7 @@ def test_half_open_link_recovers(fault_node, hub_setup, tmp_path: Path) -> None:
         assert driver.uplink.connected  # the client has not noticed yet: that is the failure mode
         assert wait_until(lambda: not driver.uplink.connected, 10), "keepalive did not detect the dead link"
         driver.proxy.restore()
-        assert driver.finish(30)
-        assert wait_until(lambda: len(hub_rows(store_path)) == driver.created, 20)
+        drain_all([driver], store_path)
     finally:
         driver.close()
     assert_reconciled([driver], store_path, fault_node.amqp_port, hospital)
@@ -270,10 +267,7 @@ def test_reconnect_storm_spreads_and_delivers(fault_node, hub_setup, tmp_path: P
         for driver in drivers:
             driver.proxy.restore()
         assert wait_until(lambda: all(d.uplink.connected for d in drivers), 20), "not every agent reconnected"
-        for driver in drivers:
-            assert driver.finish(30)
-        total = sum(d.created for d in drivers)
-        assert wait_until(lambda: len(hub_rows(store_path)) == total, 20)
+        drain_all(drivers, store_path)
     finally:
         for driver in drivers:
             driver.close()
@@ -290,10 +284,7 @@ def test_broker_restart_loses_nothing(fault_node, hub_setup, tmp_path: Path) -> 
         fault_node.stop()
         time.sleep(1)
         fault_node.start()
-        for driver in drivers:
-            assert driver.finish(60), f"{driver.device_id} did not drain after the broker restart"
-        total = sum(d.created for d in drivers)
-        assert wait_until(lambda: len(hub_rows(store_path)) == total, 60), "the hub did not catch up"
+        drain_all(drivers, store_path, 60)
     finally:
         for driver in drivers:
             driver.close()
@@ -313,8 +304,7 @@ def test_hub_restart_in_flight(fault_node, hub_scorer, tmp_path: Path) -> None:
         running.shutdown()  # stops while results keep arriving
         time.sleep(1)
         running = start_hub(fault_node.amqp_port, hub_scorer, url, hospital, ack_timeout_s=3600)
-        assert driver.finish(30)
-        assert wait_until(lambda: len(hub_rows(store_path)) == driver.created, 30)
+        drain_all([driver], store_path)
     finally:
         driver.close()
         running.shutdown()
@@ -325,7 +315,8 @@ def _bind_side_queue(amqp_port: int, device_id: str) -> str:
     with pika.BlockingConnection(pika.ConnectionParameters(port=amqp_port)) as connection:
         channel = connection.channel()
         name = channel.queue_declare(f"faults.{device_id}.copy", durable=True).method.queue
-        channel.queue_bind(name, "amq.topic", routing_key=f"ambulance.{device_id}.triage")
+        for lane in ("triage", "urgent"):
+            channel.queue_bind(name, "amq.topic", routing_key=f"ambulance.{device_id}.{lane}")
     return name
 
 

@@ -72,7 +72,9 @@ def test_redelivered_result_alerts_once(rabbit_node, hub, edge_scorer, tmp_path:
     assert (device, 0) in hub.store.result_keys()
 
 
-def test_engine_process_alerts_once(rabbit_node, hub_scorer, edge_scorer, store_url: str, tmp_path: Path) -> None:
+def test_engine_process_alerts_once(
+    rabbit_node, hub_scorer, edge_scorer, store_url: str, tmp_path: Path
+) -> None:
     """The production set-up: parsing, scoring and storing in the hub's worker process."""
     from .conftest import start_hub
 
@@ -87,14 +89,19 @@ def test_engine_process_alerts_once(rabbit_node, hub_scorer, edge_scorer, store_
         local.agent.handle_frame("incident-2", NORMAL)
         assert local.pump_until_delivered(20)
         local.uplink.publish(local.agent.topic, result.model_dump_json())  # a duplicate
-        assert wait_until(lambda: running.service.counters.duplicates >= 1, 20, step=lambda: local.agent.pump(0.05))
+        assert wait_until(
+            lambda: running.service.counters.duplicates >= 1, 20, step=lambda: local.agent.pump(0.05)
+        )
         assert wait_until(lambda: running.store.counts().get("alerts_delivered", 0) == 1, 20)
     finally:
         local.close()
         running.shutdown()
 
     assert running.store.result_keys() == {(device, 0), (device, 1)}
-    alerts = [parse_message(HospitalAlert, body) for _, body, _ in read_queue(rabbit_node.amqp_port, hospital_queue(hospital))]
+    alerts = [
+        parse_message(HospitalAlert, body)
+        for _, body, _ in read_queue(rabbit_node.amqp_port, hospital_queue(hospital))
+    ]
     assert [alert.sequence for alert in alerts] == [0]
     # The worker's metrics reach the main process's registry.
     assert running.service.metrics.registry.get_sample_value("hub_results_stored_total") == 2

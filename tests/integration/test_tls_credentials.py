@@ -6,8 +6,6 @@ import datetime as dt
 import ipaddress
 import logging
 import queue
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from edge_agent.agent import EdgeAgent
 from edge_agent.outbox import Outbox
 from edge_agent.uplink import MqttSettings, MqttUplink, UplinkEvent
-from scripts.rabbitmq_node import RabbitNode
+from tests.conftest import private_node
 
 from .conftest import CRITICAL, wait_until
 
@@ -75,27 +73,18 @@ def write_certificates(folder: Path) -> None:
     )
 
 
+def _certificates_in(folder: Path) -> Path:
+    write_certificates(folder / "tls")
+    return folder / "tls"
+
+
 @pytest.fixture(scope="module")
 def tls_node():
-    data = Path(tempfile.mkdtemp(prefix="rabbitmq-tls-"))
-    write_certificates(data / "tls")
-    node = RabbitNode(
-        name="ambulance-tls",
-        amqp_port=5692,
-        mqtt_port=1903,
-        dist_port=25692,
-        data_dir=data / "node",
-        mqtt_tls_port=8893,
-        tls_dir=data / "tls",
-        allow_anonymous=False,
-    )
-    if node.is_running():
-        node.stop()
-    node.start()
-    node.add_device_user(DEVICE, PASSWORD)
-    yield node, data / "tls"
-    node.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    options = {"mqtt_tls_port": 8893, "tls_dir": _certificates_in, "allow_anonymous": False}
+    with private_node("ambulance-tls", 5692, 1903, 25692, **options) as node:
+        node.add_device_user(DEVICE, PASSWORD)
+        assert node.tls_dir is not None
+        yield node, node.tls_dir
 
 
 def _agent(tmp_path: Path, edge_scorer, tls_dir: Path, password: str) -> tuple[EdgeAgent, MqttUplink]:
@@ -121,7 +110,8 @@ def _bind_side_queue(amqp_port: int) -> str:
     with pika.BlockingConnection(pika.ConnectionParameters(port=amqp_port)) as connection:
         channel = connection.channel()
         name = channel.queue_declare("", exclusive=False, auto_delete=False).method.queue
-        channel.queue_bind(name, "amq.topic", routing_key=f"ambulance.{DEVICE}.triage")
+        for lane in ("triage", "urgent"):
+            channel.queue_bind(name, "amq.topic", routing_key=f"ambulance.{DEVICE}.{lane}")
     return name
 
 
