@@ -10,7 +10,10 @@ stops everything and writes a JSON summary (`soak-summary.json`):
 
 - `sent`: results the broker confirmed to the agents; `stored_by_hub`; `lost` (sent, never stored);
   `pending_on_edges` (left undelivered at the end)
-- `duplicate_alerts`: the same hospital alert (id and attempt) received twice
+- `duplicate_alerts`: alerts the hospital showed twice (the same alert id and attempt)
+- `redelivered_alert_copies`: copies the hospital received again and dropped by alert id; the hub
+  publishes at least once, so a broker restart or a hub crash before a confirmation is recorded
+  makes it publish an alert again
 - `out_of_order`: results the hub stored after a higher sequence number of the same ambulance and
   priority class (urgent results overtake routine ones after a reconnect on purpose)
 - `max_drain_rate_per_s`: the fastest backlog drain of one agent after a reconnect, from the
@@ -18,7 +21,8 @@ stops everything and writes a JSON summary (`soak-summary.json`):
 - `fleet_drain`: at the end every link is cut for `--fleet-cut-s` and restored at once; the backlog
   of all agents and its rate, from the restore to the last backlog result stored
 - `first_urgent_after_reconnect_ms`: from an agent's reconnect to the hub storing the first urgent
-  result of its backlog, over reconnects after link cuts while the broker and the hub were up
+  result of its backlog, over one agent's reconnects after link cuts while the broker and the hub
+  were up (the fleet-wide reconnect is reported under `fleet_drain`)
 
 The command exits 1 if anything was lost, duplicated or stored out of order.
 """
@@ -42,6 +46,7 @@ from pathlib import Path
 
 from scripts.rabbitmq_node import RabbitNode
 from tests.faults.checks import (
+    alert_copies,
     duplicate_alerts,
     edge_rows,
     hub_rows,
@@ -305,6 +310,7 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
     pending = 0
     drain_rates: list[float] = []
     first_urgent_ms: list[float] = []
+    fleet_first_urgent_ms: dict[str, float] = {}
     for device in devices:
         outbox = run_dir / f"{device}.sqlite"
         rows = edge_rows(outbox, device)
@@ -328,9 +334,14 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
                 last = max(received_at[(device, sequence)] for sequence in backlog)
                 drain_rates.append(len(backlog) / max((last - at).total_seconds(), 1e-3))
             urgent_backlog = [received_at[(device, sequence)] for sequence in backlog if sequence in urgent]
-            during_outage = any(start <= at <= end for start, end in faults.outages)
-            if urgent_backlog and not during_outage:
-                first_urgent_ms.append((min(urgent_backlog) - at).total_seconds() * 1000)
+            if not urgent_backlog:
+                continue
+            wait_ms = (min(urgent_backlog) - at).total_seconds() * 1000
+            restored = faults.fleet_restored_at
+            if restored is not None and restored <= at <= restored + timedelta(seconds=30):
+                fleet_first_urgent_ms[device] = round(wait_ms, 1)
+            elif not any(start <= at <= end for start, end in faults.outages):
+                first_urgent_ms.append(wait_ms)
     alerts = read_alert_records(run_dir / "alerts.jsonl")
     fleet_rate = None
     fleet_backlog = 0
@@ -360,10 +371,15 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
         "hub_rows": len(stored),
         "alerts_received": len(alerts),
         "duplicate_alerts": duplicate_alerts(alerts),
+        "redelivered_alert_copies": alert_copies(alerts),
         "out_of_order": out_of_order(stored),
         "max_drain_rate_per_s": round(max(drain_rates), 1) if drain_rates else None,
         "drain_rates_measured": len(drain_rates),
-        "fleet_drain": {"backlog": fleet_backlog, "rate_per_s": fleet_rate},
+        "fleet_drain": {
+            "backlog": fleet_backlog,
+            "rate_per_s": fleet_rate,
+            "first_urgent_ms": dict(sorted(fleet_first_urgent_ms.items(), key=lambda item: item[1])),
+        },
         "first_urgent_after_reconnect_ms": {
             "max": round(max(first_urgent_ms), 1) if first_urgent_ms else None,
             "p50": round(statistics.median(first_urgent_ms), 1) if first_urgent_ms else None,

@@ -83,13 +83,25 @@ def out_of_order(rows: Iterable[HubRow]) -> int:
     return count
 
 
-def duplicate_alerts(messages: Iterable[dict]) -> int:
-    """Count hospital alerts received more than once: the same alert id and attempt again.
+def _key(message: dict) -> tuple[str, str, int]:
+    return (message["kind"], message["alert_id"], message.get("attempt", 1))
 
-    A re-send after a missing acknowledgement is a new attempt and is not a duplicate.
+
+def alert_copies(messages: Iterable[dict]) -> int:
+    """Count messages a hospital received again: the same kind, alert id and attempt.
+
+    The hub publishes at least once: after a broker restart or a hub crash it re-publishes what
+    the broker never confirmed, so a copy can arrive. A re-send after a missing acknowledgement is
+    a new attempt and is no copy.
     """
-    seen = Counter((message["kind"], message["alert_id"], message.get("attempt", 1)) for message in messages)
+    seen = Counter(_key(message) for message in messages)
     return sum(count - 1 for count in seen.values() if count > 1)
+
+
+def duplicate_alerts(messages: Iterable[dict]) -> int:
+    """Count alerts a hospital showed twice: copies the hospital listener failed to recognise by id."""
+    shown = Counter(_key(message) for message in messages if not message.get("duplicate"))
+    return sum(count - 1 for count in shown.values() if count > 1)
 
 
 def read_alert_records(path: Path) -> list[dict]:

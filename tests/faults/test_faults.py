@@ -32,7 +32,7 @@ from scripts.rabbitmq_node import RabbitNode
 from tests.conftest import private_node
 from tests.integration.conftest import CRITICAL, NORMAL, read_queue, start_hub, unique, wait_until
 
-from .checks import describe_out_of_order, edge_rows, hub_rows, link_events, out_of_order
+from .checks import describe_out_of_order, edge_rows, hub_rows, out_of_order
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,14 @@ def drain_all(drivers: list[Driver], store_path: Path, timeout_s: float = 30.0) 
     assert wait_until(lambda: len(hub_rows(store_path)) == total, timeout_s), "the hub did not catch up"
 
 
-def assert_reconciled(drivers: list[Driver], store_path: Path, amqp_port: int, hospital: str) -> None:
+def assert_reconciled(
+    drivers: list[Driver], store_path: Path, amqp_port: int, hospital: str, *, copies_allowed: bool = False
+) -> None:
+    """Check that every result was stored once and in order, and that each alert reached the hospital.
+
+    `copies_allowed`: the broker or the hub restarted, so an alert whose confirmation was lost may
+    arrive again with the same id and attempt (the hub publishes at least once).
+    """
     stored = hub_rows(store_path)
     for driver in drivers:
         rows = edge_rows(driver.outbox_path, driver.device_id)
@@ -143,18 +150,14 @@ def assert_reconciled(drivers: list[Driver], store_path: Path, amqp_port: int, h
         assert sorted(at_hub) == sorted(created), f"{driver.device_id}: hub store differs from what was sent"
     keys = Counter((row.device_id, row.sequence) for row in stored)
     assert max(keys.values()) == 1, "the hub stored a result twice"
-    if out_of_order(stored):
-        for driver in drivers:
-            print(driver.device_id, link_events(driver.outbox_path))
-        for row in stored:
-            print(row)
     assert out_of_order(stored) == 0, describe_out_of_order(stored)
     alerts = [json.loads(body) for _, body, _ in read_queue(amqp_port, hospital_queue(hospital), 100_000)]
     first = Counter(
         (alert["alert_id"], alert["attempt"]) for alert in alerts if alert["kind"] == "hospital_alert"
     )
     assert first, "no alert reached the hospital"
-    assert max(first.values()) == 1, "an alert reached the hospital twice"
+    if not copies_allowed:
+        assert max(first.values()) == 1, "an alert reached the hospital twice"
 
 
 @pytest.fixture
@@ -288,7 +291,7 @@ def test_broker_restart_loses_nothing(fault_node, hub_setup, tmp_path: Path) -> 
     finally:
         for driver in drivers:
             driver.close()
-    assert_reconciled(drivers, store_path, fault_node.amqp_port, hospital)
+    assert_reconciled(drivers, store_path, fault_node.amqp_port, hospital, copies_allowed=True)
 
 
 def test_hub_restart_in_flight(fault_node, hub_scorer, tmp_path: Path) -> None:
@@ -308,7 +311,7 @@ def test_hub_restart_in_flight(fault_node, hub_scorer, tmp_path: Path) -> None:
     finally:
         driver.close()
         running.shutdown()
-    assert_reconciled([driver], store_path, fault_node.amqp_port, hospital)
+    assert_reconciled([driver], store_path, fault_node.amqp_port, hospital, copies_allowed=True)
 
 
 def _bind_side_queue(amqp_port: int, device_id: str) -> str:
