@@ -7,6 +7,7 @@ cloud-hub check-config hub.toml
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
 
+    commands.add_parser(
+        "definitions",
+        help="print the broker definitions (JSON) of the queues that take ambulance results; load "
+        "them at broker boot (load_definitions) so no result is published before its queue exists",
+    )
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", type=Path)
     return parser
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "text"))
     try:
+        if args.command == "definitions":
+            from cloud_hub.topology import ingress_definitions
+
+            print(json.dumps(ingress_definitions(), indent=2))
+            return 0
         if args.command == "check-config":
             config = load_config(args.config)
             names = ", ".join(hospital.id for hospital in config.hospitals)

@@ -173,6 +173,7 @@ def plan(
     - The crew named a destination other than a hospital already alerted: cancel those, alert anew.
     - An alert of the same emergency type within the suppression window: an update if the patient
       is now more urgent, otherwise nothing (the hospital already knows).
+    - A pre-alert the crew sent by hand: always a new alert, which carries their note.
     - Otherwise a new alert.
     """
     live = [row for row in open_alerts if row.state in (ALERT_PENDING, ALERT_DELIVERED, ALERT_ACKNOWLEDGED)]
@@ -182,6 +183,8 @@ def plan(
     )
     if rerouted:
         return Plan("new", cancel=rerouted)
+    if result.crew_prealert:
+        return Plan("new")  # the crew's note must reach the hospital, so it is never suppressed
     same_type = [row for row in live if row.emergency_type == assessment.emergency_type.value]
     if same_type:
         newest = max(same_type, key=lambda row: row.created_at)

@@ -33,15 +33,59 @@ DELIVERY_LIMIT = 5
 QUORUM = {"x-queue-type": "quorum"}
 
 
+def _triage_arguments() -> dict:
+    return {**QUORUM, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, "x-delivery-limit": DELIVERY_LIMIT}
+
+
+def ingress_definitions(vhost: str = "/") -> dict:
+    """Return the queues that take the ambulances' results, in RabbitMQ's definitions format.
+
+    A broker must have them before the first ambulance publishes: RabbitMQ confirms a message that
+    no queue takes (PUBACK) and drops it, so an agent would mark a result delivered that no hub
+    will ever see. Load this file at broker boot (`load_definitions`) or run
+    `cloud-hub declare-topology` before any ambulance connects.
+    """
+
+    def queue(name: str, arguments: dict) -> dict:
+        return {"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": arguments}
+
+    def binding(source: str, queue_name: str, routing_key: str) -> dict:
+        return {
+            "source": source, "vhost": vhost, "destination": queue_name, "destination_type": "queue",
+            "routing_key": routing_key, "arguments": {},
+        }  # fmt: skip
+
+    return {
+        "exchanges": [
+            {
+                "name": DEAD_LETTER_EXCHANGE,
+                "vhost": vhost,
+                "type": "fanout",
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            },
+        ],  # fmt: skip
+        "queues": [
+            queue(DEAD_LETTER_QUEUE, QUORUM),
+            queue(HUB_TRIAGE_QUEUE, _triage_arguments()),
+            queue(HUB_URGENT_QUEUE, _triage_arguments()),
+        ],
+        "bindings": [
+            binding(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""),
+            binding(MQTT_EXCHANGE, HUB_TRIAGE_QUEUE, TRIAGE_BINDING_KEY),
+            binding(MQTT_EXCHANGE, HUB_TRIAGE_QUEUE, CONTROL_BINDING_KEY),
+            binding(MQTT_EXCHANGE, HUB_URGENT_QUEUE, URGENT_BINDING_KEY),
+        ],
+    }
+
+
 def declare_hub_topology(channel: BlockingChannel) -> None:
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
     channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
     channel.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)
-    triage_arguments = {
-        **QUORUM,
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-        "x-delivery-limit": DELIVERY_LIMIT,
-    }
+    triage_arguments = _triage_arguments()
     channel.queue_declare(HUB_TRIAGE_QUEUE, durable=True, arguments=triage_arguments)
     channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=TRIAGE_BINDING_KEY)
     channel.queue_bind(HUB_TRIAGE_QUEUE, MQTT_EXCHANGE, routing_key=CONTROL_BINDING_KEY)

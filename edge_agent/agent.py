@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_POLL_S = 0.25
 COMMAND_MAX_AGE_S = 120.0
+CREW_DESTINATION_KEY = "crew_destination"
 
 Clock = Callable[[], datetime]
 
@@ -76,6 +77,7 @@ class EdgeAgent:
         self.uplink = uplink
         self.events = events
         self.destination_hospital_id = destination_hospital_id
+        self._configured_destination = destination_hospital_id
         self.window = timedelta(seconds=window_s)
         self.window_max_frames = window_max_frames
         self.max_incidents = max_incidents
@@ -284,12 +286,17 @@ class EdgeAgent:
                 check_id(str(hospital), "hospital id")
             self.destination_hospital_id = hospital
             self.outbox.set_state("destination_hospital_id", hospital)
+            # Kept across a restart of the agent until the crew starts a new incident.
+            self.outbox.set_state(CREW_DESTINATION_KEY, {"hospital_id": hospital})
             return f"destination set to {hospital or 'the hub’s choice'}"
         if kind == "new_incident":
             incident_id = str(payload.get("incident_id") or f"inc-{self.clock():%Y%m%d-%H%M%S}")
             check_id(incident_id, "incident id")
             self.current_incident_id = incident_id
             self.outbox.set_state("current_incident_id", incident_id)
+            if self.outbox.get_state(CREW_DESTINATION_KEY) is not None:
+                self.outbox.set_state(CREW_DESTINATION_KEY, None)
+                self.destination_hospital_id = self._configured_destination
             return f"new incident {incident_id}"
         if kind == "manual_prealert":
             return self._manual_prealert(str(payload.get("note") or "")[:280], payload.get("incident_id"))
@@ -363,11 +370,17 @@ class EdgeAgent:
             )
         self._report()
         self.uplink.stop()
-        self.outbox.record_link("offline", "agent stopped")
+        self.outbox.record_link("offline", "agent stopped")  # the crew terminal shows this text
         return stats.pending == 0
 
     def publish_state(self) -> None:
-        """Write what the crew terminal shows about the agent itself into the outbox's state table."""
+        """Write what the crew terminal shows about the agent itself into the outbox's state table.
+
+        A destination the crew chose before a restart of the agent wins over the configured one.
+        """
+        crew_choice = self.outbox.get_state(CREW_DESTINATION_KEY)
+        if isinstance(crew_choice, dict):
+            self.destination_hospital_id = crew_choice.get("hospital_id")
         self.outbox.set_state("device_id", self.device_id)
         self.outbox.set_state("destination_hospital_id", self.destination_hospital_id)
         self.outbox.set_state("scorer_mode", self.scorer.mode)

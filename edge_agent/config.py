@@ -23,7 +23,12 @@ class MqttConfig(StrictSettings):
     )
     keepalive_s: int = Field(default=30, ge=5, le=600, description="MQTT keepalive in seconds")
     reconnect_min_s: float = Field(default=1.0, ge=0.1, le=60, description="first reconnect delay")
-    reconnect_max_s: float = Field(default=30.0, ge=1, le=600, description="longest reconnect delay")
+    reconnect_max_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="longest reconnect delay; also the longest wait after coverage returns",
+    )
     max_inflight: int = Field(default=100, ge=1, le=1000, description="unacknowledged messages at most")
     tls: bool = Field(
         default=False, description="connect over TLS (RabbitMQ's MQTT TLS listener, usually 8883)"

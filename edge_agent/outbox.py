@@ -12,10 +12,10 @@ Order and priority. The per-device sequence number is allocated in the same tran
 that uses it and is kept in a counter row, so it keeps increasing across restarts even after rows
 are evicted. `pending` returns urgent rows first, then the rest, each in sequence order.
 
-Capacity. The outbox contains at most `max_rows` results. Past that it evicts delivered rows first,
-oldest first, then undelivered routine rows, oldest first, and records each evicted routine row in
-`evicted`. It never evicts an undelivered urgent row: with only those left it grows past the bound
-and logs an error. A warning is logged, and kept in `warnings`, when the outbox reaches
+Capacity. The outbox keeps `max_rows` results. Past that it evicts delivered rows first, oldest
+first, then undelivered routine rows, oldest first, and records each evicted routine row in
+`evicted`. It never evicts an undelivered urgent row, so with only those left it grows past the
+bound and logs an error (once a minute, like the eviction warning). A warning is logged, and kept in `warnings`, when the outbox reaches
 `warn_ratio` of its capacity.
 
 The agent's other state for the crew terminal lives here too: connectivity changes (`link_events`),
@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ DEFAULT_MAX_ROWS = 100_000
 DEFAULT_WARN_RATIO = 0.8
 # Evicting a little more than needed keeps eviction off the path of every following result.
 EVICTION_HEADROOM = 0.02
+LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Outbox:
         self._rows = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
         self._unsynced = False  # a routine row committed with synchronous=NORMAL and not flushed since
         self._near_capacity = self._rows >= self.max_rows * self.warn_ratio
+        self._logged_at: dict[str, float] = {}
 
     # --- schema ----------------------------------------------------------------------------------
 
@@ -297,18 +300,27 @@ class Outbox:
                 self._rows -= len(victims)
                 excess -= len(victims)
                 self._set_counter("evicted", self._counter("evicted") + len(victims))
-                log.warning(
-                    "outbox full (%d rows): evicted %d undelivered routine results, sequences %d to %d; "
-                    "they are listed in the outbox's evicted table. Restore coverage or raise outbox "
-                    "max_rows",
-                    self.max_rows, len(victims), victims[0][1], victims[-1][1],
-                )  # fmt: skip
-        if excess > 0:
+                if self._log_due("evicted"):
+                    log.warning(
+                        "outbox full (%d rows): evicted %d undelivered routine results, sequences %d to %d; "
+                        "they are listed in the outbox's evicted table. Restore coverage or raise outbox "
+                        "max_rows",
+                        self.max_rows, len(victims), victims[0][1], victims[-1][1],
+                    )  # fmt: skip
+        if excess > 0 and self._log_due("over_bound"):
             log.error(
                 "outbox contains %d rows, over its bound of %d, and every remaining row is an undelivered "
                 "urgent result, which is never evicted; restore coverage or raise outbox max_rows",
                 self._rows, self.max_rows,
             )  # fmt: skip
+
+    def _log_due(self, what: str) -> bool:
+        """Return True at most once a minute per kind of line, so a full outbox does not flood the log."""
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -LOG_EVERY_S) < LOG_EVERY_S:
+            return False
+        self._logged_at[what] = now
+        return True
 
     def _check_capacity(self) -> None:
         threshold = self.max_rows * self.warn_ratio
@@ -432,6 +444,11 @@ class Outbox:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 [key, json.dumps(value, default=str), _now()],
             )
+
+    def get_state(self, key: str) -> Any:
+        """Return one value of the agent's state, or None if it was never set."""
+        row = self.db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def add_command(self, kind: str, payload: dict[str, Any] | None = None) -> int:
         """Queue a command for the agent (the crew terminal's side); return its id."""

@@ -53,7 +53,7 @@ class MqttSettings:
     password: str | None = None
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 10.0
     max_inflight: int = 100
     tls: bool = False
     tls_ca_file: Path | None = None  # the CA that signed the broker's certificate; the system's if None

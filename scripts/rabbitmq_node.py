@@ -12,6 +12,9 @@ which would switch to the `rabbitmq` user; every path it writes lies under the d
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -50,6 +53,8 @@ class RabbitNode:
     def __post_init__(self) -> None:
         if self.data_dir == Path():
             self.data_dir = PROJECT_DIR / ".run" / "rabbitmq" / self.name
+        # RabbitMQ resolves paths from its own working folder, so relative ones would point elsewhere.
+        self.data_dir = self.data_dir.resolve()
 
     @property
     def node_name(self) -> str:
@@ -87,7 +92,15 @@ class RabbitNode:
         (self.data_dir / "rabbitmq-env.conf").write_text("", encoding="utf-8")
         (self.data_dir / "advanced.config").write_text("[].\n", encoding="utf-8")
         (self.data_dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n", encoding="utf-8")
+        # The hub's ingress queues exist from boot, before any ambulance can publish (see
+        # cloud_hub.topology.ingress_definitions).
+        from cloud_hub.topology import ingress_definitions
+
+        definitions = self.data_dir / "definitions.json"
+        content = {**ingress_definitions(), **_guest_definitions()}
+        definitions.write_text(json.dumps(content, indent=2), encoding="utf-8")
         lines = [
+            f"load_definitions = {definitions}",
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}",
             f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}",
             "log.console = false",
@@ -251,6 +264,28 @@ class RabbitNode:
                 f"{self.node_name} running: AMQP 127.0.0.1:{self.amqp_port}, MQTT 127.0.0.1:{self.mqtt_port}"
             )
         return f"{self.node_name} not running"
+
+
+def _guest_definitions() -> dict:
+    """Return the default vhost and the `guest` user, which RabbitMQ skips when it loads definitions.
+
+    RabbitMQ admits `guest` from loopback only. The hash is RabbitMQ's salted SHA-256 format:
+    base64(salt + sha256(salt + password)).
+    """
+    salt = os.urandom(4)
+    password_hash = base64.b64encode(salt + hashlib.sha256(salt + b"guest").digest()).decode()
+    return {
+        "vhosts": [{"name": "/"}],
+        "users": [
+            {
+                "name": "guest",
+                "password_hash": password_hash,
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            },
+        ],  # fmt: skip
+        "permissions": [{"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+    }
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:

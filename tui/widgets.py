@@ -116,6 +116,9 @@ class StatusBar(Static):
         self.update(" │ ".join(parts))
 
 
+AGENT_STOPPED = "agent stopped"  # the link detail an edge agent records when it stops
+
+
 class OfflineBanner(Static):
     """A large, plain statement when the agent is offline or absent; hidden otherwise."""
 
@@ -129,6 +132,14 @@ class OfflineBanner(Static):
         if not view.offline:
             return
         results = "result" if depth.pending == 1 else "results"
+        if view.link_detail == AGENT_STOPPED:
+            # Not lost coverage: nothing is scored or sent until someone starts the agent again.
+            self.update(
+                f"[b]AGENT NOT RUNNING — {depth.pending} {results} waiting ({depth.pending_urgent} urgent)[/]\n"
+                f"The edge agent stopped at {clock_time(view.link_since, tz)}. Start it again to score "
+                "and send; waiting results are kept."
+            )
+            return
         headline = f"OFFLINE — {depth.pending} {results} waiting ({depth.pending_urgent} urgent)"
         if view.link is None:
             cause = "The agent has not reached the broker since it started."

@@ -158,6 +158,22 @@ def test_repeat_within_window_suppressed(setup) -> None:
     assert "hospital_alert" in kinds(later.publish)  # the window has passed
 
 
+def test_crew_prealert_never_suppressed(setup) -> None:
+    engine, store, clock, edge = setup
+    ambulance = Ambulance(edge, clock)
+    first = engine.process_batch([ambulance.delivery(ambulance.result("inc-2", CRITICAL))])
+    confirm_all(engine, first)
+
+    clock.advance(60)
+    note = "GCS dropping, ETA 6 min"
+    manual = ambulance.result("inc-2", CRITICAL, crew_prealert=True, crew_note=note)
+    outcome = engine.process_batch([ambulance.delivery(manual)])
+    assert kinds(outcome.publish) == ["hospital_alert", "alert_feedback"]
+    alert = json.loads(outcome.publish[0].body)
+    assert alert["reason"].startswith(f"crew pre-alert: {note}")
+    assert alert["alert_id"] != json.loads(first.publish[0].body)["alert_id"]
+
+
 def test_update_sent_when_acuity_rises(setup) -> None:
     """Forces the update path: an alert stored at KTAS 2 followed by a KTAS 1 result."""
     engine, store, clock, edge = setup

@@ -51,8 +51,10 @@ def test_results_kept_offline_then_delivered_once(
         assert stats.delivered == 0
 
         late_node.start()
-        hub = start_hub(late_node.amqp_port, hub_scorer, f"sqlite:///{tmp_path / 'hub.sqlite'}", hospital)
+        # Delivered before any hub ran: the broker's boot definitions must already hold the queue,
+        # or RabbitMQ would confirm and drop every result.
         assert local.pump_until_delivered(60), f"still pending: {local.outbox.stats()}"
+        hub = start_hub(late_node.amqp_port, hub_scorer, f"sqlite:///{tmp_path / 'hub.sqlite'}", hospital)
         expected = {(device, sequence) for sequence in range(RESULTS)}
         assert wait_until(lambda: expected <= hub.store.result_keys(), 20)
         assert wait_until(lambda: hub.store.counts().get("alerts_delivered", 0) == RESULTS // 4, 10)

@@ -198,6 +198,22 @@ def test_live_update_when_the_agent_adds_a_result(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_stopped_agent_not_called_offline(online_outbox: Path) -> None:
+    async def scenario() -> None:
+        app = terminal(online_outbox)
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            outbox = Outbox(online_outbox, max_rows=1000)
+            outbox.record_link("offline", "agent stopped")
+            outbox.close()
+            await until(pilot, lambda: app.view.link == "offline", "the stop")
+            banner = str(app.query_one(OfflineBanner).render())
+            assert "AGENT NOT RUNNING" in banner
+            assert "OFFLINE" not in banner
+
+    run(scenario)
+
+
 def test_missing_outbox_then_appears(tmp_path: Path) -> None:
     path = tmp_path / "later.sqlite"
 

@@ -212,3 +212,29 @@ def test_agent_runs_fresh_commands_and_expires_stale(tmp_path: Path) -> None:
     assert agent.destination_hospital_id == "st-marys"
     detail = outbox.db.execute("SELECT detail FROM commands WHERE id = ?", [stale]).fetchone()[0]
     assert detail.startswith("expired")
+
+
+def test_crew_destination_survives_agent_restart(tmp_path: Path) -> None:
+    import queue
+
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.inference import EdgeScorer
+    from edge_agent.uplink import MqttSettings, MqttUplink
+
+    def agent_on(outbox: Outbox) -> EdgeAgent:
+        events: queue.Queue = queue.Queue()
+        uplink = MqttUplink(MqttSettings(host="127.0.0.1", port=1, client_id="amb-1"), events)
+        return EdgeAgent("amb-1", EdgeScorer(), outbox, uplink, events, destination_hospital_id="st-marys")
+
+    path = tmp_path / "outbox.sqlite"
+    first = agent_on(Outbox(path))
+    first.outbox.add_command("set_destination", {"hospital_id": "city-general"})
+    first.handle_commands()
+    first.outbox.close()
+
+    restarted = agent_on(Outbox(path))
+    restarted.publish_state()
+    assert restarted.destination_hospital_id == "city-general"
+    restarted.outbox.add_command("new_incident", {})
+    restarted.handle_commands()
+    assert restarted.destination_hospital_id == "st-marys"  # a new patient starts from the default

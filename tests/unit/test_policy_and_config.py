@@ -193,6 +193,19 @@ def test_check_config_commands_accept_examples(capsys) -> None:
     assert "valid configuration for device amb-01" in capsys.readouterr().out
 
 
+def test_definitions_command_lists_ingress_queues(capsys) -> None:
+    import json
+
+    from cloud_hub.cli import main as hub_main
+
+    assert hub_main(["definitions"]) == 0
+    definitions = json.loads(capsys.readouterr().out)
+    queues = {queue["name"] for queue in definitions["queues"]}
+    assert {"hub.triage", "hub.triage.urgent"} <= queues
+    keys = {binding["routing_key"] for binding in definitions["bindings"]}
+    assert {"ambulance.*.triage", "ambulance.*.urgent"} <= keys
+
+
 def test_backup_error_names_value_only(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text('[[hospitals]]\nid = "a"\nbackup_hospital_id = "b"\n', encoding="utf-8")
