@@ -340,7 +340,7 @@ class JourneyPanel(Static):
         for name in ("sent", "broker", "hub", "hospital", "ack"):
             table.add_column(name, width=8 if name == "hospital" else 6, no_wrap=True)
         table.add_column("where it is now", ratio=3, no_wrap=True, overflow="ellipsis")
-        table.add_column("incident", ratio=2, no_wrap=True, overflow="ellipsis")
+        table.add_column("incident", width=14, no_wrap=True, overflow="ellipsis")
         for journey in view.journeys:
             table.add_row(*_journey_cells(journey, view.offline, tz))
         if not view.journeys:
