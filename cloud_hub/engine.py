@@ -31,6 +31,7 @@ from cloud_hub.store import (
     HubStore,
     OutboxMessage,
     Transaction,
+    alert_values,
 )
 from models.ecg_strips import decode_strip_png
 from models.features import WindowSummary, summarize_window
@@ -364,20 +365,7 @@ class HubEngine:
 
     def _new_alert(self, alert: HospitalAlert, how: str, writer: _Writer) -> None:
         body = alert.model_dump_json()
-        writer.tx.create_alert(
-            {
-                "alert_id": alert.alert_id,
-                "device_id": alert.device_id,
-                "incident_id": alert.incident_id,
-                "sequence": alert.sequence,
-                "hospital_id": alert.hospital_id,
-                "emergency_type": alert.emergency_type.value,
-                "acuity": alert.acuity,
-                "eta_minutes": alert.eta_minutes,
-                "escalation_of": None,
-                "payload": body,
-            }
-        )
+        writer.tx.create_alert(alert_values(alert, payload=body))
         writer.events.append((alert.alert_id, "queued", f"to {alert.hospital_id} ({how})"))
         self._send_alert(alert, writer, gates=True, body=body)
         self._feedback(alert.device_id, alert.incident_id, alert.alert_id, alert.hospital_id, "queued", writer,

@@ -88,7 +88,7 @@ def assess(
         red = summary.news2.red_parameters
         detail = f", red: {', '.join(red)}" if red else ""
         reasons.append(f"NEWS2 {summary.news2.total}{detail} sets KTAS {floor} or more urgent")
-    # Shown beside the levels so the hospital sees the sepsis and shock screens; sources in models/scores.py.
+    # Shown beside the levels so the hospital gets the sepsis and shock screens; sources in models/scores.py.
     if summary.qsofa is not None and summary.qsofa >= QSOFA_POSITIVE:
         reasons.append(f"qSOFA {summary.qsofa} (sepsis screen positive)")
     if summary.shock_index is not None and summary.shock_index >= SHOCK_INDEX_ABNORMAL:

@@ -43,6 +43,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from protocol import HospitalAlert
+
 log = logging.getLogger(__name__)
 
 metadata = MetaData()
@@ -275,6 +277,7 @@ class Transaction:
         return [AlertRow.from_row(row) for row in rows if (row.device_id, row.incident_id) in wanted]
 
     def create_alert(self, values: dict[str, Any]) -> None:
+        """Queue a new alert row (see `alert_values`); it is written with the batch's other rows."""
         self._new_alerts.append(
             {"state": ALERT_PENDING, "attempts": 0, "created_at": self.now, "updated_at": self.now, **values}
         )
@@ -512,3 +515,24 @@ __all__ = [
     "Transaction",
     "utc",
 ]
+
+
+def alert_values(
+    alert: HospitalAlert, escalation_of: str | None = None, payload: str | None = None
+) -> dict[str, Any]:
+    """Return the `alerts` columns of a new alert, for `create_alert`.
+
+    `payload` is the alert's JSON when the caller already serialised it.
+    """
+    return {
+        "alert_id": alert.alert_id,
+        "device_id": alert.device_id,
+        "incident_id": alert.incident_id,
+        "sequence": alert.sequence,
+        "hospital_id": alert.hospital_id,
+        "emergency_type": alert.emergency_type.value,
+        "acuity": alert.acuity,
+        "eta_minutes": alert.eta_minutes,
+        "escalation_of": escalation_of,
+        "payload": payload if payload is not None else alert.model_dump_json(),
+    }

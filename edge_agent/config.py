@@ -27,7 +27,7 @@ class MqttConfig(StrictSettings):
         default=10.0,
         ge=1,
         le=600,
-        description="longest reconnect delay; also the longest wait after coverage returns",
+        description="maximum reconnect delay, so also the maximum wait after coverage returns",
     )
     max_inflight: int = Field(default=100, ge=1, le=1000, description="unacknowledged messages at most")
     tls: bool = Field(

@@ -65,7 +65,7 @@ class MqttSettings:
 def backoff_delay(attempt: int, minimum_s: float, maximum_s: float, rng: random.Random) -> float:
     """Return the wait before reconnect attempt `attempt` (1 for the first retry).
 
-    The cap doubles from `minimum_s` up to `maximum_s`; the wait is drawn between half the cap and
+    The cap doubles from `minimum_s` up to `maximum_s`. The wait is drawn between half the cap and
     the cap ("equal jitter"), so it never drops to zero and clients spread out.
     """
     cap = min(maximum_s, minimum_s * 2 ** max(0, attempt - 1))

@@ -326,7 +326,7 @@ def describe_validation_error(name: str, exc: ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"]) or "(message)"
         if error["type"] == "missing" or not error["loc"]:
             # The input of a missing field, or of a check across fields, is the enclosing object,
-            # which says nothing useful; the message names the values itself.
+            # which is no help. The message names the values itself.
             problems.append(f"{location}: {error['msg']}")
             continue
         value = repr(error.get("input"))

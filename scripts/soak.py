@@ -11,7 +11,7 @@ stops everything and writes a JSON summary (`soak-summary.json`):
 - `sent`: results the broker confirmed to the agents; `stored_by_hub`; `lost` (sent, never stored);
   `pending_on_edges` (left undelivered at the end)
 - `duplicate_alerts`: alerts the hospital showed twice (the same alert id and attempt)
-- `redelivered_alert_copies`: copies the hospital received again and dropped by alert id; the hub
+- `redelivered_alert_copies`: copies the hospital received again and dropped by alert id. The hub
   publishes at least once, so a broker restart or a hub crash before a confirmation is recorded
   makes it publish an alert again
 - `out_of_order`: results the hub stored after a higher sequence number of the same ambulance and
@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> dict:
         name="ambulance-soak", amqp_port=5696, mqtt_port=1907, dist_port=25696, data_dir=run_dir / "rabbitmq"
     )
     node.start()
+
     hub_config = run_dir / "hub.toml"
     hub_config.write_text(HUB_CONFIG.format(amqp_port=node.amqp_port), encoding="utf-8")
     store = run_dir / "hub.sqlite"
@@ -188,6 +189,7 @@ def run(args: argparse.Namespace) -> dict:
         ),
         run_dir / "listener.log",
     )  # fmt: skip
+
     proxies = [FaultProxy("127.0.0.1", node.mqtt_port).start() for _ in range(args.agents)]
     agents = []
     for index, proxy in enumerate(proxies):
@@ -202,6 +204,7 @@ def run(args: argparse.Namespace) -> dict:
         )  # fmt: skip
         command = _python("edge_agent.cli", "run", "--config", str(config), "--drain-timeout", "120")
         agents.append(Child(device_id, command, run_dir / f"{device_id}.log"))
+
     faults = Faults()
     try:
         hub.start()
@@ -211,19 +214,8 @@ def run(args: argparse.Namespace) -> dict:
             agent.start()
         log.info("soak running in %s: %d agents at %.0f results/s each", run_dir, args.agents, args.rate)
         _play(build_schedule(args, rng), node, hub, agents, proxies, faults)
-        log.info("faults done; restoring every link")
-        for proxy in proxies:
-            proxy.restore()
-        time.sleep(10)
-        # The whole fleet out of coverage at once, then back at once: the backlog drain rate.
-        log.info("fleet drain: every link cut for %.0f s, then restored at once", args.fleet_cut_s)
-        for proxy in proxies:
-            proxy.cut()
-        time.sleep(args.fleet_cut_s)
-        faults.fleet_restored_at = _now()
-        for proxy in proxies:
-            proxy.restore()
-        log.info("links restored; letting the agents drain")
+        _fleet_drain(proxies, faults, args.fleet_cut_s)
+
         time.sleep(5)
         for agent in agents:
             agent.signal(signal.SIGTERM)
@@ -237,6 +229,7 @@ def run(args: argparse.Namespace) -> dict:
         while time.monotonic() < deadline and len(hub_rows(store)) < total_sent:
             time.sleep(1)
         time.sleep(3)  # the last alerts reach the listener
+
     finally:
         for agent in agents:
             agent.stop(30)
@@ -245,10 +238,28 @@ def run(args: argparse.Namespace) -> dict:
         for proxy in proxies:
             proxy.stop()
         node.stop()
+
     summary = summarize(run_dir, [agent.name for agent in agents], faults, args)
     if not args.keep_broker_data:
         shutil.rmtree(run_dir / "rabbitmq", ignore_errors=True)
     return summary
+
+
+def _fleet_drain(proxies: list[FaultProxy], faults: Faults, cut_s: float) -> None:
+    """Restore every link, then cut them all at once and restore them at once: the fleet's drain."""
+    log.info("faults done; restoring every link")
+    for proxy in proxies:
+        proxy.restore()
+    time.sleep(10)
+
+    log.info("fleet drain: every link cut for %.0f s, then restored at once", cut_s)
+    for proxy in proxies:
+        proxy.cut()
+    time.sleep(cut_s)
+    faults.fleet_restored_at = _now()
+    for proxy in proxies:
+        proxy.restore()
+    log.info("links restored; letting the agents drain")
 
 
 def _play(schedule, node: RabbitNode, hub: Child, agents: list[Child], proxies, faults: Faults) -> None:  # noqa: ANN001
@@ -284,9 +295,9 @@ def _play(schedule, node: RabbitNode, hub: Child, agents: list[Child], proxies, 
                 faults.outages.append((down, _now() + timedelta(seconds=10)))
             elif kind == "hub":
                 down = _now()
-                how = signal.SIGTERM if index == 1 else signal.SIGKILL
-                log.info("hub restart %d (%s)", faults.hub_restarts + 1, how.name)
-                hub.signal(how)
+                kill_signal = signal.SIGTERM if index == 1 else signal.SIGKILL
+                log.info("hub restart %d (%s)", faults.hub_restarts + 1, kill_signal.name)
+                hub.signal(kill_signal)
                 hub.wait(60)
                 time.sleep(2)
                 hub.start()
@@ -316,11 +327,7 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
         rows = edge_rows(outbox, device)
         sent |= {(device, row.sequence) for row in rows if row.delivered}
         pending += sum(not row.delivered for row in rows)
-        with _read_only(outbox) as db:
-            created = {
-                sequence: _parse(at)
-                for sequence, at in db.execute("SELECT sequence, created_at FROM results")
-            }
+        created = {row.sequence: row.created_at for row in rows}
         created_at.update({(device, sequence): made for sequence, made in created.items()})
         urgent = {row.sequence for row in rows if row.urgent}
         for at, state in link_events(outbox):
@@ -389,17 +396,6 @@ def summarize(run_dir: Path, devices: list[str], faults: Faults, args: argparse.
     }
 
 
-def _read_only(path: Path):  # noqa: ANN202
-    import sqlite3
-
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-
-
-def _parse(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=5)
@@ -421,9 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, default=PROJECT_DIR / "soak-summary.json")
     parser.add_argument("--keep-broker-data", action="store_true")
     args = parser.parse_args(argv)
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faults.proxy").setLevel(logging.WARNING)
     os.environ.setdefault("PYTHONPATH", str(PROJECT_DIR))
+
     summary = run(args)
     text = json.dumps(summary, indent=2)
     print(text)

@@ -226,7 +226,7 @@ class OutboxReader:
         if row is None:
             return None, None
         row_id, sequence, payload = row
-        # A result is parsed once; the poll sees the same newest row many times.
+        # A result is parsed once; the poll reads the same newest row many times.
         if self._parsed is None or self._parsed[0] != row_id:
             try:
                 self._parsed = (row_id, TriageResult.model_validate_json(payload), None)

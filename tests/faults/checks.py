@@ -33,6 +33,7 @@ class EdgeRow:
     sequence: int
     urgent: bool
     delivered: bool
+    created_at: datetime
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -59,9 +60,12 @@ def hub_rows(store_path: Path) -> list[HubRow]:
 
 def edge_rows(outbox_path: Path, device_id: str) -> list[EdgeRow]:
     with _read_only(outbox_path) as db:
-        rows = db.execute("SELECT sequence, urgent, state FROM results ORDER BY sequence").fetchall()
+        rows = db.execute(
+            "SELECT sequence, urgent, state, created_at FROM results ORDER BY sequence"
+        ).fetchall()
     return [
-        EdgeRow(device_id, sequence, bool(urgent), state == "delivered") for sequence, urgent, state in rows
+        EdgeRow(device_id, sequence, bool(urgent), state == "delivered", _time(created))
+        for sequence, urgent, state, created in rows
     ]
 
 

@@ -31,7 +31,14 @@ from cloud_hub.config import HubConfig
 from cloud_hub.engine import HubEngine
 from cloud_hub.http import HttpServer
 from cloud_hub.metrics import HubMetrics
-from cloud_hub.store import ALERT_ACKNOWLEDGED, ALERT_CANCELLED, ALERT_DELIVERED, HubStore, OutboxMessage
+from cloud_hub.store import (
+    ALERT_ACKNOWLEDGED,
+    ALERT_CANCELLED,
+    ALERT_DELIVERED,
+    HubStore,
+    OutboxMessage,
+    alert_values,
+)
 from protocol import (
     HospitalAck,
     HospitalAlert,
@@ -131,20 +138,7 @@ def make_alert(
 
 def insert_alert(store: HubStore, alert: HospitalAlert, state: str = ALERT_DELIVERED) -> None:
     with store.transaction(alert.created_at) as tx:
-        tx.create_alert(
-            {
-                "alert_id": alert.alert_id,
-                "device_id": alert.device_id,
-                "incident_id": alert.incident_id,
-                "sequence": alert.sequence,
-                "hospital_id": alert.hospital_id,
-                "emergency_type": alert.emergency_type.value,
-                "acuity": alert.acuity,
-                "eta_minutes": alert.eta_minutes,
-                "escalation_of": None,
-                "payload": alert.model_dump_json(),
-            }
-        )
+        tx.create_alert(alert_values(alert))
         tx.update_alert(alert.alert_id, state=state, attempts=1, last_sent_at=alert.created_at)
 
 
