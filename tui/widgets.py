@@ -108,8 +108,8 @@ class StatusBar(Static):
         if view.last_result_at is not None:
             silent_s = (now - view.last_result_at).total_seconds()
             if silent_s >= stale_after_s:
-                # NOTE: the agent writes no heartbeat, so a long gap between results is the only sign
-                # that it stopped; remove this guess when it does.
+                # NOTE: the agent records a clean stop but writes no heartbeat, so a long gap between
+                # results is the only sign of an agent that crashed or hangs.
                 parts.append(f"[b $warning]no new result for {age(silent_s)}[/]")
         parts.append(escape(view.scorer_mode or "model unknown"))
         parts.append(f"to [b]{escape(view.destination_hospital_id or 'hub’s choice')}[/]")
